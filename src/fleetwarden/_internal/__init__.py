@@ -1,0 +1,1 @@
+"""Plumbing shared by the domain packages; not a public API."""

@@ -1,0 +1,91 @@
+"""Building the FastAPI application.
+
+The app holds the registry and the event bus on ``app.state``; routes are thin: they
+validate (pydantic), authorise (``auth.require``) and call the registry service.
+Errors from ``fleetwarden.errors`` become JSON ``{"error", "detail"}`` with the status
+the error class names, so no expected failure is ever a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from fleetwarden import __version__
+from fleetwarden.api.auth import READ, require
+from fleetwarden.api.limits import BodyLimitMiddleware
+from fleetwarden.api.routes import devices, groups, tokens
+from fleetwarden.errors import AuthError, Error
+from fleetwarden.registry import Registry
+from fleetwarden.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, registry: Registry) -> FastAPI:
+    app = FastAPI(
+        title="fleetwarden",
+        version=__version__,
+        description="IoT fleet security control plane: admin API.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_request_bytes,
+        large_paths={"/v1/devices/import": settings.max_import_bytes},
+    )
+
+    @app.exception_handler(Error)
+    async def _error(_: Request, exc: Error) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if type(exc) is AuthError else None
+        return JSONResponse(
+            {"error": type(exc).__name__, "detail": exc.diagnostics()},
+            status_code=exc.http_status,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()[:20]
+        ]
+        return JSONResponse(
+            {"error": "ValidationError", "detail": "invalid request", "problems": problems},
+            status_code=422,
+        )
+
+    @app.get("/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness and database reachability; the only route without a token."""
+        try:
+            registry.count_devices()
+        except Exception:  # the probe must answer, whatever the database does
+            log.warning("health check: database unavailable")
+            return {"status": "degraded", "database": "unavailable"}
+        return {"status": "ok", "database": "ok"}
+
+    @app.get("/v1/version", tags=["meta"], dependencies=[Depends(require(READ))])
+    def version() -> dict[str, str]:
+        return {"name": "fleetwarden", "version": __version__}
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require(READ))])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require(READ))])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="fleetwarden API")
+
+    app.include_router(devices.router)
+    app.include_router(groups.router)
+    app.include_router(tokens.router)
+    return app

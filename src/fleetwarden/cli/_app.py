@@ -1,0 +1,133 @@
+"""Top-level commands (init, up, version) and the command groups."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleetwarden import __version__
+from fleetwarden._internal.files import atomic_write, ensure_private_dir
+from fleetwarden.cli import device, group, token
+from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
+from fleetwarden.registry import Registry
+from fleetwarden.registry.schemas import Role, TokenCreate
+
+app = typer.Typer(
+    name="fleetwarden",
+    help="IoT fleet security: run the ten minimum controls, audit any fleet against them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(device.app, name="device")
+app.add_typer(group.app, name="group")
+app.add_typer(token.app, name="token")
+
+
+@app.callback()
+def _root(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="FLEETWARDEN_DATA_DIR",
+            help="Data directory (database, keys, generated configs). Default ./fleetwarden-data.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    State.data_dir = data_dir
+
+
+DEFAULT_TOML = """\
+# fleetwarden settings. Environment variables FLEETWARDEN_<NAME> override these.
+# database_url = "postgresql://user@127.0.0.1:5432/fleet"   # default: SQLite in this dir
+# api_host = "127.0.0.1"
+# api_port = 8443
+# max_request_bytes = 1048576
+# log_level = "info"
+"""
+
+
+@app.command()
+def init(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create the data directory, the database and a first admin API token."""
+    s = settings()
+    ensure_private_dir(s.data_dir)
+    fresh = not s.config_path.exists()
+    if fresh:
+        atomic_write(s.config_path, DEFAULT_TOML.encode(), mode=0o600)
+        s = settings()
+    reg = Registry.open(s.effective_database_url)
+    try:
+        created = None
+        if not reg.list_tokens():
+            created = reg.create_token(
+                TokenCreate(name="initial-admin", role=Role.ADMIN), cli_actor()
+            )
+    finally:
+        reg.close()
+    if json_out:
+        print_json(
+            {
+                "data_dir": str(s.data_dir),
+                "initialised": fresh,
+                "admin_token": created.token if created else None,
+            }
+        )
+        return
+    console.print(f"data directory: {s.data_dir.resolve()}")
+    if not fresh:
+        console.print("already initialised; schema is up to date")
+    if created is not None:
+        console.print("admin API token (shown once, store it now):")
+        typer.echo(created.token)
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="API listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="API listen port.")] = None,
+) -> None:
+    """Run the control plane: the admin API now; the controls join as they land."""
+    from fleetwarden.service import Context, serve
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["api_host"] = host
+    if port is not None:
+        overrides["api_port"] = port
+    s = settings(**overrides)
+    require_init(s)
+    logging.basicConfig(
+        level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    reg = Registry.open(s.effective_database_url)
+
+    def ready(ctx: Context) -> None:
+        console.print(f"fleetwarden {__version__} is up (data: {s.data_dir.resolve()})")
+        for label, url in ctx.urls.items():
+            console.print(f"  {label:<8} {url}")
+        console.print("press Ctrl-C to stop")
+
+    try:
+        asyncio.run(serve(s, reg, on_ready=ready))
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        reg.close()
+
+
+@app.command()
+def version(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the version."""
+    if json_out:
+        print_json({"name": "fleetwarden", "version": __version__})
+    else:
+        typer.echo(f"fleetwarden {__version__}")

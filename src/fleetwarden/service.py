@@ -1,0 +1,181 @@
+"""The running control plane (``fleetwarden up``): API server, event bus, workers.
+
+Controls join by adding a :class:`Component` to the list built in :func:`components`;
+each gets the shared :class:`Context` (settings, registry, bus, API app) and is started
+and stopped in order. Nothing else holds global state.
+
+The outbox relay moves events committed by any process (API, CLI, workers) from the
+registry's outbox table onto the bus, in commit order, at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from fleetwarden.api import create_app
+from fleetwarden.errors import ConfigError
+from fleetwarden.events import Event, EventBus, create_bus
+from fleetwarden.registry import Registry
+from fleetwarden.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    registry: Registry
+    bus: EventBus
+    app: FastAPI
+    #: URLs the running service answers on, printed at start ("API", "OpenAPI", ...)
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self, ctx: Context) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class OutboxRelay:
+    """Publishes outbox rows to the bus, then marks them relayed."""
+
+    name = "outbox-relay"
+
+    def __init__(self, *, interval: float = 0.2, batch: int = 500) -> None:
+        self.interval = interval
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        ctx = self._ctx
+        rows = await run_in_threadpool(ctx.registry.pending_events, self.batch)
+        done: list[int] = []
+        for row_id, payload in rows:
+            try:
+                event = Event.from_ocsf(payload)
+            except Exception:
+                log.error("outbox row %d is not a valid event; skipped and marked", row_id)
+            else:
+                await ctx.bus.publish(event)
+            done.append(row_id)
+        await run_in_threadpool(ctx.registry.mark_relayed, done)
+        return len(done)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                n = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database hiccup: retry, never die
+                log.warning("outbox relay: %s", exc)
+                n = 0
+            if n < self.batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            try:
+                await self.relay_once()
+            except Exception as exc:
+                log.warning("outbox relay final flush failed: %s", exc)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def components(settings: Settings) -> list[Component]:
+    """Every component ``up`` runs, in start order. Controls add themselves here."""
+    return [OutboxRelay()]
+
+
+async def serve(
+    settings: Settings,
+    registry: Registry,
+    *,
+    on_ready: Callable[[Context], None] | None = None,
+    extra: list[Component] | None = None,
+) -> None:
+    """Run the control plane until cancelled or interrupted."""
+    bus = create_bus(settings.event_bus_url)
+    app = create_app(settings, registry)
+    ctx = Context(settings=settings, registry=registry, bus=bus, app=app)
+    app.state.ctx = ctx
+    parts = components(settings) + (extra or [])
+    await bus.start()
+    started: list[Component] = []
+    config = uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        lifespan="off",
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    sock = bind_socket(settings.api_host, settings.api_port)
+    try:
+        for part in parts:
+            await part.start(ctx)
+            started.append(part)
+        base = f"http://{_host(settings.api_host)}:{settings.api_port}"
+        ctx.urls.update(
+            {"API": f"{base}/v1", "OpenAPI": f"{base}/openapi.json", "Health": f"{base}/health"}
+        )
+        serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serve_task.done():
+            await asyncio.sleep(0.02)
+        if serve_task.done():
+            serve_task.result()
+            raise RuntimeError("API server stopped at start")
+        if on_ready is not None:
+            on_ready(ctx)
+        await serve_task
+    finally:
+        server.should_exit = True
+        for part in reversed(started):
+            await part.stop()
+        await bus.close()
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the API socket ourselves so a busy port is a clear error, not an exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,151 @@
+"""Bulk import: all or nothing, precise line numbers, hostile files survive."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleetwarden.errors import ImportRejectedError, ValidationError
+from fleetwarden.registry import Actor, Registry
+from fleetwarden.registry.importer import detect_format
+from fleetwarden.registry.schemas import DeviceCreate
+
+ME = Actor("test:import")
+
+
+def _imp(reg: Registry, text: str | bytes, fmt: str = "csv", batch: int = 2):
+    data = text.encode() if isinstance(text, str) else text
+    return reg.import_devices(io.BytesIO(data), fmt=fmt, actor=ME, batch_size=batch)
+
+
+def test_csv_full_columns_lists_bools_and_extras(registry: Registry) -> None:
+    csv_text = (
+        "\ufeffdevice_id,model,hardware_revision,risk_class,sector,firmware_version,key_storage,"
+        "apn,ip,ip_fixed,allowed_cidrs,vlan,groups,site,owner\n"
+        "m1,EM1,B,high,energy,1.0,secure_element,private,10.0.0.1,true,10.0.0.0/24;10.1.0.0/24,"
+        "20,meters;north,plant-4,ops\n"
+        "m2,,,,,,,,,false,,,,,\n"
+        '"m3","EM ""2""",,low,,,,,,,,,meters,,\n'
+    )
+    res = _imp(registry, csv_text)
+    assert (res.devices, res.groups_created, res.lines) == (3, 2, 4)
+    m1 = registry.get_device("m1")
+    assert m1.allowed_cidrs == ["10.0.0.0/24", "10.1.0.0/24"]
+    assert m1.ip_fixed is True and m1.vlan == 20 and m1.apn and m1.apn.value == "private"
+    assert m1.groups == ["meters", "north"]
+    assert m1.attributes == {"site": "plant-4", "owner": "ops"}
+    assert registry.get_device("m2").risk_class.value == "medium"
+    assert registry.get_device("m3").model == 'EM "2"'
+    ops = [p["api"]["operation"] for _, p in registry.pending_events()]
+    assert ops == ["device.import"]  # one event for the import, not one per row
+
+
+def test_jsonl(registry: Registry) -> None:
+    lines = [
+        {"device_id": "j1", "groups": ["a"], "ip_fixed": True, "vlan": 3, "color": "red"},
+        {"device_id": "j2", "attributes": {"x": 1}},
+    ]
+    res = _imp(registry, "\n".join(json.dumps(x) for x in lines) + "\n\n", fmt="jsonl")
+    assert res.devices == 2
+    assert registry.get_device("j1").attributes == {"color": "red"}
+    assert registry.get_device("j2").attributes == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("device_id,vlan\na,1\nb,5000\n", 3, "vlan"),
+        ("device_id\na\na\n", 3, "duplicate"),
+        ("device_id,ip_fixed\na,maybe\n", 2, "true or false"),
+        ("device_id,model\na,x,extra\n", 2, "expected 2 cells"),
+        ("model\nx\n", 1, "no device_id"),
+        ("device_id,device_id\na,b\n", 1, "repeats"),
+        ("device_id\nbad/id\n", 2, "device id"),
+        ("device_id,allowed_cidrs\na,10.0.0.0/99\n", 2, "CIDR"),
+    ],
+)
+def test_bad_csv_rejected_nothing_written(
+    registry: Registry, text: str, line: int, reason: str
+) -> None:
+    with pytest.raises(ImportRejectedError) as info:
+        _imp(registry, text)
+    assert info.value.problems[0][0] == line
+    assert reason in info.value.problems[0][1]
+    assert registry.count_devices() == 0
+    assert registry.list_groups() == []
+    assert registry.pending_events() == []
+
+
+def test_problem_after_many_batches_rolls_back_everything(registry: Registry) -> None:
+    rows = "".join(f"d{i},g{i % 3}\n" for i in range(50))
+    with pytest.raises(ImportRejectedError) as info:
+        _imp(registry, "device_id,groups\n" + rows + "bad/id,\n", batch=7)
+    assert info.value.problems == [(52, info.value.problems[0][1])]
+    assert registry.count_devices() == 0
+    assert registry.list_groups() == []
+
+
+def test_existing_device_is_reported(registry: Registry) -> None:
+    registry.add_device(DeviceCreate.model_validate({"device_id": "x"}), ME)
+    with pytest.raises(ImportRejectedError, match="line 3: device 'x' already exists"):
+        _imp(registry, "device_id\nnew\nx\n")
+    assert registry.count_devices() == 1
+
+
+def test_many_problems_listed_and_capped(registry: Registry) -> None:
+    rows = "".join(f"bad/{i}\n" for i in range(500))
+    with pytest.raises(ImportRejectedError) as info:
+        _imp(registry, "device_id\n" + rows)
+    assert len(info.value.problems) == 100
+    assert info.value.truncated
+    assert "more" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "reason"),
+    [
+        (b"device_id\n\xff\xfe\n", "csv", "UTF-8"),
+        (b"device_id\n" + b"a" * 70_000 + b"\n", "csv", "unreadable CSV"),
+        (b'{"device_id": "a"}\n[1,2]\n', "jsonl", "JSON object"),
+        (b'{"device_id": \n', "jsonl", "invalid JSON"),
+        (b"x" * (300 * 1024), "jsonl", "longer than"),
+    ],
+)
+def test_hostile_files(registry: Registry, data: bytes, fmt: str, reason: str) -> None:
+    with pytest.raises(ImportRejectedError, match=reason):
+        _imp(registry, data, fmt=fmt)
+    assert registry.count_devices() == 0
+
+
+def test_empty_and_unknown_format(registry: Registry) -> None:
+    with pytest.raises(ValidationError, match="empty"):
+        _imp(registry, "")
+    with pytest.raises(ValidationError, match="format"):
+        _imp(registry, "device_id\na\n", fmt="xml")
+    with pytest.raises(ValidationError):
+        detect_format("devices.xlsx")
+    assert detect_format("a.CSV") == "csv" and detect_format("a.ndjson") == "jsonl"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=2000))
+def test_fuzz_never_crashes_or_half_writes(registry: Registry, blob: bytes) -> None:
+    for fmt in ("csv", "jsonl"):
+        before = registry.count_devices()
+        try:
+            res = _imp(registry, blob, fmt=fmt, batch=3)
+        except (ImportRejectedError, ValidationError):
+            assert registry.count_devices() == before
+        else:
+            assert registry.count_devices() == before + res.devices
+            with registry.engine.begin() as conn:
+                from sqlalchemy import text
+
+                conn.execute(text("DELETE FROM device_groups"))
+                conn.execute(text("DELETE FROM devices"))
