@@ -22,24 +22,52 @@ import time
 import uuid
 from pathlib import Path
 
-PG_URL = os.environ.get("FLEETWARDEN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "FLEETWARDEN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def make_csv(path: Path, rows: int) -> None:
     models = ["EM-100", "EM-200", "PT-9", "IV-3"]
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["device_id", "model", "hardware_revision", "risk_class", "sector",
-                    "firmware_version", "key_storage", "apn", "ip", "ip_fixed",
-                    "allowed_cidrs", "vlan", "groups", "site"])
+        w.writerow(
+            [
+                "device_id",
+                "model",
+                "hardware_revision",
+                "risk_class",
+                "sector",
+                "firmware_version",
+                "key_storage",
+                "apn",
+                "ip",
+                "ip_fixed",
+                "allowed_cidrs",
+                "vlan",
+                "groups",
+                "site",
+            ]
+        )
         for i in range(rows):
-            w.writerow([
-                f"dev-{i:08d}", models[i % 4], "B", ("low", "medium", "high")[i % 3],
-                "energy" if i % 2 else "", f"1.{i % 7}.0", "secure_element" if i % 5 else "file",
-                "private" if i % 10 else "public", f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-                "true" if i % 3 else "false", f"10.{(i >> 16) & 255}.0.0/16", 100 + i % 20,
-                f"region-{i % 8};model-{i % 4}", f"site-{i % 1000}",
-            ])
+            w.writerow(
+                [
+                    f"dev-{i:08d}",
+                    models[i % 4],
+                    "B",
+                    ("low", "medium", "high")[i % 3],
+                    "energy" if i % 2 else "",
+                    f"1.{i % 7}.0",
+                    "secure_element" if i % 5 else "file",
+                    "private" if i % 10 else "public",
+                    f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                    "true" if i % 3 else "false",
+                    f"10.{(i >> 16) & 255}.0.0/16",
+                    100 + i % 20,
+                    f"region-{i % 8};model-{i % 4}",
+                    f"site-{i % 1000}",
+                ]
+            )
 
 
 def child(db_url: str, path: str, batch: int) -> None:
@@ -69,7 +97,9 @@ def baseline(path: Path) -> float:
 def run_child(db_url: str, path: Path, batch: int) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", db_url, str(path), str(batch)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise SystemExit(f"import child failed:\n{out.stderr}")
@@ -113,7 +143,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(f"| csv.reader only (baseline) | {base:.1f} | {args.rows / base:,.0f} | - | 1.0 |")
     for name, r in results:
-        print(f"| {name} | {r['seconds']:.1f} | {args.rows / r['seconds']:,.0f} | {r['peak_mb']:.0f} | {r['seconds'] / base:.1f} |")
+        print(
+            f"| {name} | {r['seconds']:.1f} | {args.rows / r['seconds']:,.0f} | {r['peak_mb']:.0f} | {r['seconds'] / base:.1f} |"
+        )
 
 
 if __name__ == "__main__":

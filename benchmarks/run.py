@@ -25,7 +25,9 @@ def main(argv: list[str]) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
     names = argv or sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
-    print(f"# machine: {platform.node()} {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}")
+    print(
+        f"# machine: {platform.node()} {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}"
+    )
     print(f"# date: {datetime.now(UTC).isoformat(timespec='seconds')}")
     status = 0
     for name in names:
