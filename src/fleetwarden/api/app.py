@@ -21,6 +21,7 @@ from fleetwarden.api.limits import BodyLimitMiddleware
 from fleetwarden.api.routes import devices, groups, tokens
 from fleetwarden.errors import AuthError, Error
 from fleetwarden.registry import Registry
+from fleetwarden.registry.schemas import explain
 from fleetwarden.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,11 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-            for e in exc.errors()[:20]
-        ]
+        errors = list(exc.errors())[:20]
+        problems = [{"loc": [str(x) for x in e.get("loc", ())], "msg": explain(e)} for e in errors]
+        detail = "invalid request: " + "; ".join(explain(e) for e in errors[:3])
         return JSONResponse(
-            {"error": "ValidationError", "detail": "invalid request", "problems": problems},
+            {"error": "ValidationError", "detail": detail, "problems": problems},
             status_code=422,
         )
 

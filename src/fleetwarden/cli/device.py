@@ -13,15 +13,13 @@ from rich.table import Table
 from fleetwarden.cli._common import JsonFlag, cli_actor, console, open_registry, print_json
 from fleetwarden.errors import ValidationError
 from fleetwarden.registry.importer import detect_format
-from fleetwarden.registry.schemas import DeviceCreate
+from fleetwarden.registry.schemas import DeviceCreate, explain
 
 app = typer.Typer(help="Manage devices in the fleet registry.", no_args_is_help=True)
 
 
 def _validation(exc: PydanticValidationError) -> ValidationError:
-    e = exc.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"])
-    return ValidationError(f"{loc}: {e['msg']}")
+    return ValidationError(explain(exc.errors()[0]))
 
 
 @app.command("add")

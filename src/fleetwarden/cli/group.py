@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fleetwarden.cli._common import JsonFlag, cli_actor, console, open_registry, print_json
 from fleetwarden.errors import ValidationError
-from fleetwarden.registry.schemas import GroupCreate
+from fleetwarden.registry.schemas import GroupCreate, explain
 
 app = typer.Typer(help="Manage device groups.", no_args_is_help=True)
 
@@ -27,8 +27,7 @@ def create(
     try:
         data = GroupCreate(name=name, description=description, allowed_cidrs=cidr or [], vlan=vlan)
     except PydanticValidationError as exc:
-        e = exc.errors()[0]
-        raise ValidationError(f"{'.'.join(map(str, e['loc']))}: {e['msg']}") from exc
+        raise ValidationError(explain(exc.errors()[0])) from exc
     reg = open_registry()
     try:
         out = reg.create_group(data, cli_actor())

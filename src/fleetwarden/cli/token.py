@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fleetwarden.cli._common import JsonFlag, cli_actor, console, open_registry, print_json
 from fleetwarden.errors import ValidationError
-from fleetwarden.registry.schemas import TokenCreate
+from fleetwarden.registry.schemas import TokenCreate, explain
 
 app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 
@@ -28,8 +28,7 @@ def create(
             {"name": name, "role": role, "expires_days": expires_days}
         )
     except PydanticValidationError as exc:
-        e = exc.errors()[0]
-        raise ValidationError(f"{'.'.join(map(str, e['loc']))}: {e['msg']}") from exc
+        raise ValidationError(explain(exc.errors()[0])) from exc
     reg = open_registry()
     try:
         out = reg.create_token(data, cli_actor())

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from fleetwarden.errors import ConflictError, ImportRejectedError, ValidationError
 from fleetwarden.events import Activity
 from fleetwarden.registry.models import Device, Group, OutboxEvent
-from fleetwarden.registry.schemas import DeviceCreate, ImportResult
+from fleetwarden.registry.schemas import DeviceCreate, ImportResult, explain
 
 if TYPE_CHECKING:
     from fleetwarden.registry.service import Actor, Registry
@@ -102,20 +102,35 @@ class _CountingReader(io.RawIOBase):
         return n
 
 
-def _csv_cell(column: str, value: str) -> Any:
-    value = value.strip()
-    if value == "":
-        return None
-    if column in LIST_COLUMNS:
-        return [p.strip() for p in value.split(";") if p.strip()]
-    if column in BOOL_COLUMNS:
-        low = value.lower()
+def _text(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _list(value: str) -> list[str] | None:
+    items = [p.strip() for p in value.split(";")]
+    return [p for p in items if p] or None
+
+
+def _bool_cell(column: str) -> Callable[[str], bool | None]:
+    def convert(value: str) -> bool | None:
+        low = value.strip().lower()
         if low in {"true", "1", "yes"}:
             return True
         if low in {"false", "0", "no"}:
             return False
+        if low == "":
+            return None
         raise ValueError(f"{column}: expected true or false, got {value[:40]!r}")
-    return value
+
+    return convert
+
+
+def _converter(column: str) -> Callable[[str], Any]:
+    if column in LIST_COLUMNS:
+        return _list
+    if column in BOOL_COLUMNS:
+        return _bool_cell(column)
+    return _text
 
 
 def _split(raw: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +166,7 @@ def _rows_csv(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | str]]
         if len(set(header)) != len(header):
             yield 1, "header repeats a column name"
             return
+        plan = [(h, h in KNOWN, _converter(h)) for h in header]
         while True:
             try:
                 cells = next(reader)
@@ -165,11 +181,20 @@ def _rows_csv(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | str]]
             if len(cells) != len(header):
                 yield line, f"expected {len(header)} cells, found {len(cells)}"
                 continue
+            # Build the model input directly: known columns as fields, the rest as
+            # attributes; empty cells are left out (null).
+            row: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
             try:
-                row = {h: _csv_cell(h, c) for h, c in zip(header, cells, strict=True)}
+                for (name, known, convert), cell in zip(plan, cells, strict=True):
+                    value = convert(cell)
+                    if value is not None:
+                        (row if known else extra)[name] = value
             except ValueError as exc:
                 yield line, str(exc)
                 continue
+            if extra:
+                row["attributes"] = extra
             yield line, row
     finally:
         csv.field_size_limit(old_limit)
@@ -195,15 +220,11 @@ def _rows_jsonl(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | str
         if not isinstance(obj, dict):
             yield line_no, "each line must be a JSON object"
             continue
-        yield line_no, obj
+        yield line_no, _split(obj)
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err["loc"]) or "row"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    return "; ".join(explain(err) for err in exc.errors()[:3])
 
 
 class _Writer:
@@ -387,7 +408,7 @@ def import_stream(
                     problems.append((line, item))
                 else:
                     try:
-                        dev = DeviceCreate.model_validate(_split(item))
+                        dev = DeviceCreate.model_validate(item)
                     except pydantic.ValidationError as exc:
                         problems.append((line, _describe(exc)))
                     else:

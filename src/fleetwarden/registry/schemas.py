@@ -12,6 +12,7 @@ import functools
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -49,22 +50,24 @@ class Role(StrEnum):
     AUDITOR = "auditor"
 
 
-def _device_id(v: str) -> str:
-    if not ID_RE.fullmatch(v):
-        raise ValueError(
-            "device id must be 1-128 characters of letters, digits and . _ : @ -, "
-            "starting with a letter or digit"
-        )
-    return v
+_PATTERN_MESSAGES = {
+    ID_RE.pattern: "a device id is 1-128 characters of letters, digits and . _ : @ -, "
+    "starting with a letter or digit",
+    NAME_RE.pattern: "a name is 1-128 characters of letters, digits and . _ -, "
+    "starting with a letter or digit",
+}
 
 
-def _name(v: str) -> str:
-    if not NAME_RE.fullmatch(v):
-        raise ValueError(
-            "name must be 1-128 characters of letters, digits and . _ -, "
-            "starting with a letter or digit"
-        )
-    return v
+def explain(err: Mapping[str, Any]) -> str:
+    """One readable line for a pydantic error (regex patterns are not for humans)."""
+    loc = ".".join(str(x) for x in err.get("loc", ())) or "value"
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        msg = _PATTERN_MESSAGES.get(pattern, msg)
+    if msg.startswith("Value error, "):
+        msg = msg.removeprefix("Value error, ")
+    return f"{loc}: {msg}"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -86,8 +89,22 @@ def _ip(v: str) -> str:
         raise ValueError(f"not an IP address: {v!r}") from exc
 
 
-DeviceId = Annotated[str, AfterValidator(_device_id)]
-Name = Annotated[str, AfterValidator(_name)]
+# Patterns are checked by pydantic-core (Rust), several times faster than a Python
+# validator at bulk-import volumes; the messages say what is allowed.
+DeviceId = Annotated[
+    str,
+    Field(
+        pattern=ID_RE.pattern,
+        description="1-128 of letters, digits and . _ : @ -, starting with a letter or digit",
+    ),
+]
+Name = Annotated[
+    str,
+    Field(
+        pattern=NAME_RE.pattern,
+        description="1-128 of letters, digits and . _ -, starting with a letter or digit",
+    ),
+]
 Cidr = Annotated[str, AfterValidator(_cidr)]
 IpAddr = Annotated[str, AfterValidator(_ip)]
 ShortText = Annotated[str, Field(max_length=128)]
