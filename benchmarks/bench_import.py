@@ -77,7 +77,9 @@ def child(db_url: str, path: str, batch: int) -> None:
     reg = Registry.open(db_url)
     t0 = time.perf_counter()
     with open(path, "rb") as fh:
-        res = reg.import_devices(fh, fmt="csv", actor=Actor("bench"), batch_size=batch)
+        res = reg.import_devices(
+            fh, fmt="csv", actor=Actor("bench"), batch_size=batch, size_hint=os.path.getsize(path)
+        )
     dt = time.perf_counter() - t0
     n = reg.count_devices()
     reg.close()

@@ -168,6 +168,7 @@ def import_(
                 actor=cli_actor(),
                 progress=lambda n: bar.advance(task, n),
                 source=str(path),
+                size_hint=size,
             )
     finally:
         reg.close()

@@ -299,7 +299,10 @@ class Registry:
         batch_size: int = 5000,
         progress: Any = None,
         source: str = "upload",
+        size_hint: int | None = None,
+        workers: int | None = None,
     ) -> schemas.ImportResult:
+        """Import devices, all or nothing; see ``registry.importer`` for the format."""
         from fleetwarden.registry.importer import import_stream
 
         return import_stream(
@@ -310,6 +313,8 @@ class Registry:
             batch_size=batch_size,
             progress=progress,
             source=source,
+            size_hint=size_hint,
+            workers=workers,
         )
 
     # groups --------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from fleetwarden.registry.schemas import DeviceCreate
 ME = Actor("test:import")
 
 
-def _imp(reg: Registry, text: str | bytes, fmt: str = "csv", batch: int = 2):
+def _imp(reg: Registry, text: str | bytes, fmt: str = "csv", batch: int = 2, workers: int = 0):
     data = text.encode() if isinstance(text, str) else text
-    return reg.import_devices(io.BytesIO(data), fmt=fmt, actor=ME, batch_size=batch)
+    return reg.import_devices(
+        io.BytesIO(data), fmt=fmt, actor=ME, batch_size=batch, workers=workers
+    )
 
 
 def test_csv_full_columns_lists_bools_and_extras(registry: Registry) -> None:
@@ -122,8 +124,10 @@ def test_hostile_files(registry: Registry, data: bytes, fmt: str, reason: str) -
 
 
 def test_empty_and_unknown_format(registry: Registry) -> None:
-    with pytest.raises(ValidationError, match="empty"):
+    with pytest.raises(ValidationError, match="no devices"):
         _imp(registry, "")
+    with pytest.raises(ValidationError, match="no devices"):
+        _imp(registry, "device_id,model\n\n")
     with pytest.raises(ValidationError, match="format"):
         _imp(registry, "device_id\na\n", fmt="xml")
     with pytest.raises(ValidationError):
@@ -149,3 +153,34 @@ def test_fuzz_never_crashes_or_half_writes(registry: Registry, blob: bytes) -> N
 
                 conn.execute(text("DELETE FROM device_groups"))
                 conn.execute(text("DELETE FROM devices"))
+
+
+def test_worker_processes_give_the_same_result(registry: Registry) -> None:
+    """Large inputs are validated in worker processes: same rows, same problems."""
+    rows = "".join(f"w{i},g{i % 3},10.0.{i % 200}.0/24\n" for i in range(300))
+    text = "device_id,groups,allowed_cidrs\n" + rows
+    bad = text + "w5,,\nbad/id,,\n"
+    with pytest.raises(ImportRejectedError) as info:
+        _imp(registry, bad, batch=50, workers=2)
+    assert [p[0] for p in info.value.problems] == [302, 303]
+    assert "duplicate" in info.value.problems[0][1]
+    assert registry.count_devices() == 0
+    res = _imp(registry, text, batch=50, workers=2)
+    assert (res.devices, res.groups_created, res.lines) == (300, 3, 301)
+    assert registry.get_device("w299").allowed_cidrs == ["10.0.99.0/24"]
+
+
+def test_awkward_values_survive_bulk_paths(registry: Registry) -> None:
+    """Tabs, newlines, backslashes, quotes and non-ASCII go through COPY and executemany."""
+    awkward = 'a\tb\\c\nd "e" ü \\N'
+    line = json.dumps(
+        {"device_id": "odd", "model": "M\\1", "note": awkward, "attributes": {"k": awkward}}
+    )
+    res = _imp(registry, line + "\n", fmt="jsonl")
+    assert res.devices == 1
+    d = registry.get_device("odd")
+    assert d.model == "M\\1"
+    assert d.attributes == {"k": awkward, "note": awkward}
+    csv_text = 'device_id,model\nq1,"x\ty\\z ""w"""\n'
+    _imp(registry, csv_text)
+    assert registry.get_device("q1").model == 'x\ty\\z "w"'

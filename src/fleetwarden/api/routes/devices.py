@@ -69,6 +69,7 @@ async def import_devices(request: Request, who: Writer) -> ImportResult:
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
         async for chunk in request.stream():
             spool.write(chunk)
+        size = spool.tell()
         spool.seek(0)
         return await run_in_threadpool(
             registry.import_devices,
@@ -77,6 +78,7 @@ async def import_devices(request: Request, who: Writer) -> ImportResult:
             actor=actor,
             batch_size=batch,
             source="api upload",
+            size_hint=size,
         )
 
 
