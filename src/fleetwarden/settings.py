@@ -32,7 +32,9 @@ DEFAULT_DATA_DIR = Path("fleetwarden-data")
 class Settings(BaseSettings):
     """Every tunable of a fleetwarden installation."""
 
-    model_config = SettingsConfigDict(env_prefix="FLEETWARDEN_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETWARDEN_", env_nested_delimiter="__", extra="forbid"
+    )
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = Field(

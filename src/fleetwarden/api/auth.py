@@ -23,6 +23,10 @@ WRITE = frozenset({Role.ADMIN, Role.OPERATOR})
 ADMIN = frozenset({Role.ADMIN})
 
 
+def registry_of(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 

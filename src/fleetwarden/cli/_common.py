@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,16 @@ def open_registry(s: Settings | None = None) -> Registry:
     s = s or settings()
     require_init(s)
     return Registry.open(s.effective_database_url)
+
+
+@contextmanager
+def registry() -> Iterator[Registry]:
+    """The registry of the current data directory, closed afterwards."""
+    reg = open_registry()
+    try:
+        yield reg
+    finally:
+        reg.close()
 
 
 def cli_actor() -> Actor:

@@ -10,7 +10,7 @@ from pydantic import ValidationError as PydanticValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from fleetwarden.cli._common import JsonFlag, cli_actor, console, open_registry, print_json
+from fleetwarden.cli._common import JsonFlag, cli_actor, console, print_json, registry
 from fleetwarden.errors import ValidationError
 from fleetwarden.registry.importer import detect_format
 from fleetwarden.registry.schemas import DeviceCreate, explain
@@ -61,11 +61,8 @@ def add(
         data = DeviceCreate.model_validate({k: v for k, v in raw.items() if v is not None})
     except PydanticValidationError as exc:
         raise _validation(exc) from exc
-    reg = open_registry()
-    try:
+    with registry() as reg:
         out = reg.add_device(data, cli_actor())
-    finally:
-        reg.close()
     if json_out:
         print_json(out)
     else:
@@ -80,11 +77,8 @@ def list_(
     json_out: bool = JsonFlag,
 ) -> None:
     """List devices, ordered by id."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         devices = reg.list_devices(group=group, after=after, limit=limit)
-    finally:
-        reg.close()
     if json_out:
         print_json(devices)
         return
@@ -106,11 +100,8 @@ def list_(
 @app.command()
 def show(device_id: str, json_out: bool = JsonFlag) -> None:
     """Show one device."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         d = reg.get_device(device_id)
-    finally:
-        reg.close()
     if json_out:
         print_json(d)
         return
@@ -126,11 +117,8 @@ def remove(
     """Remove a device from the registry."""
     if not yes:
         typer.confirm(f"remove device {device_id}?", abort=True)
-    reg = open_registry()
-    try:
+    with registry() as reg:
         reg.remove_device(device_id, cli_actor())
-    finally:
-        reg.close()
     console.print(f"removed device {device_id}")
 
 
@@ -147,31 +135,28 @@ def import_(
         fh = path.open("rb")
     except OSError as exc:
         raise ValidationError(f"cannot read {path}: {exc.strerror}") from exc
-    reg = open_registry()
-    try:
-        with (
+    with (
+        registry() as reg,
+        fh,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=json_out,
+            transient=True,
+        ) as bar,
+    ):
+        task = bar.add_task(f"importing {path.name}", total=size)
+        result = reg.import_devices(
             fh,
-            Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                disable=json_out,
-                transient=True,
-            ) as bar,
-        ):
-            task = bar.add_task(f"importing {path.name}", total=size)
-            result = reg.import_devices(
-                fh,
-                fmt=fmt,
-                actor=cli_actor(),
-                progress=lambda n: bar.advance(task, n),
-                source=str(path),
-                size_hint=size,
-            )
-    finally:
-        reg.close()
+            fmt=fmt,
+            actor=cli_actor(),
+            progress=lambda n: bar.advance(task, n),
+            source=str(path),
+            size_hint=size,
+        )
     if json_out:
         print_json(result)
     else:

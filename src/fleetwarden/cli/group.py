@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError as PydanticValidationError
 from rich.table import Table
 
-from fleetwarden.cli._common import JsonFlag, cli_actor, console, open_registry, print_json
+from fleetwarden.cli._common import JsonFlag, cli_actor, console, print_json, registry
 from fleetwarden.errors import ValidationError
 from fleetwarden.registry.schemas import GroupCreate, explain
 
@@ -28,11 +28,8 @@ def create(
         data = GroupCreate(name=name, description=description, allowed_cidrs=cidr or [], vlan=vlan)
     except PydanticValidationError as exc:
         raise ValidationError(explain(exc.errors()[0])) from exc
-    reg = open_registry()
-    try:
+    with registry() as reg:
         out = reg.create_group(data, cli_actor())
-    finally:
-        reg.close()
     if json_out:
         print_json(out)
     else:
@@ -42,11 +39,8 @@ def create(
 @app.command("list")
 def list_(json_out: bool = JsonFlag) -> None:
     """List groups with their device counts."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         groups = reg.list_groups()
-    finally:
-        reg.close()
     if json_out:
         print_json(groups)
         return
@@ -65,11 +59,8 @@ def list_(json_out: bool = JsonFlag) -> None:
 @app.command()
 def show(name: str, json_out: bool = JsonFlag) -> None:
     """Show one group."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         g = reg.get_group(name)
-    finally:
-        reg.close()
     if json_out:
         print_json(g)
         return
@@ -84,31 +75,22 @@ def remove(
     """Remove a group (its devices stay, without this membership)."""
     if not yes:
         typer.confirm(f"remove group {name}?", abort=True)
-    reg = open_registry()
-    try:
+    with registry() as reg:
         reg.remove_group(name, cli_actor())
-    finally:
-        reg.close()
     console.print(f"removed group {name}")
 
 
 @app.command("add-device")
 def add_device(name: str, device_id: str) -> None:
     """Put a device into a group."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         reg.set_membership(name, device_id, True, cli_actor())
-    finally:
-        reg.close()
     console.print(f"device {device_id} is in group {name}")
 
 
 @app.command("remove-device")
 def remove_device(name: str, device_id: str) -> None:
     """Take a device out of a group."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         reg.set_membership(name, device_id, False, cli_actor())
-    finally:
-        reg.close()
     console.print(f"device {device_id} is no longer in group {name}")

@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError as PydanticValidationError
 from rich.table import Table
 
-from fleetwarden.cli._common import JsonFlag, cli_actor, console, open_registry, print_json
+from fleetwarden.cli._common import JsonFlag, cli_actor, console, print_json, registry
 from fleetwarden.errors import ValidationError
 from fleetwarden.registry.schemas import TokenCreate, explain
 
@@ -29,11 +29,8 @@ def create(
         )
     except PydanticValidationError as exc:
         raise ValidationError(explain(exc.errors()[0])) from exc
-    reg = open_registry()
-    try:
+    with registry() as reg:
         out = reg.create_token(data, cli_actor())
-    finally:
-        reg.close()
     if json_out:
         print_json(out)
     else:
@@ -43,11 +40,8 @@ def create(
 @app.command("list")
 def list_(json_out: bool = JsonFlag) -> None:
     """List tokens (never their secrets)."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         tokens = reg.list_tokens()
-    finally:
-        reg.close()
     if json_out:
         print_json(tokens)
         return
@@ -68,9 +62,6 @@ def list_(json_out: bool = JsonFlag) -> None:
 @app.command()
 def revoke(token_id: str) -> None:
     """Revoke a token; calls with it fail from now on."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         reg.revoke_token(token_id, cli_actor())
-    finally:
-        reg.close()
     console.print(f"revoked token {token_id}")

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from fleetwarden.api.auth import READ, WRITE, client_ip, require
+from fleetwarden.api.auth import READ, WRITE, client_ip, registry_of, require
 from fleetwarden.errors import ValidationError
-from fleetwarden.registry import Principal, Registry
+from fleetwarden.registry import Principal
 from fleetwarden.registry.schemas import (
     DeviceCreate,
     DeviceOut,
@@ -19,10 +19,6 @@ from fleetwarden.registry.schemas import (
 )
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
-
-
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry  # type: ignore[no-any-return]
 
 
 Reader = Annotated[Principal, Depends(require(READ))]
@@ -45,12 +41,12 @@ def list_devices(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeviceOut]:
     """Devices ordered by id; pass the last id seen as ``after`` for the next page."""
-    return _registry(request).list_devices(group=group, after=after, limit=limit)
+    return registry_of(request).list_devices(group=group, after=after, limit=limit)
 
 
 @router.post("", response_model=DeviceOut, status_code=201)
 def add_device(request: Request, body: DeviceCreate, who: Writer) -> DeviceOut:
-    return _registry(request).add_device(body, who.actor(client_ip(request)))
+    return registry_of(request).add_device(body, who.actor(client_ip(request)))
 
 
 @router.post("/import", response_model=ImportResult, status_code=201)
@@ -62,7 +58,7 @@ async def import_devices(request: Request, who: Writer) -> ImportResult:
         raise ValidationError(
             f"unsupported content type {ctype or '(none)'!r}: use text/csv or application/x-ndjson"
         )
-    registry = _registry(request)
+    registry = registry_of(request)
     actor = who.actor(client_ip(request))
     batch = request.app.state.settings.import_batch_size
     # Spool to disk past 8 MiB so a large upload never sits whole in memory.
@@ -84,15 +80,15 @@ async def import_devices(request: Request, who: Writer) -> ImportResult:
 
 @router.get("/{device_id}", response_model=DeviceOut)
 def get_device(request: Request, device_id: str, _: Reader) -> DeviceOut:
-    return _registry(request).get_device(device_id)
+    return registry_of(request).get_device(device_id)
 
 
 @router.patch("/{device_id}", response_model=DeviceOut)
 def update_device(request: Request, device_id: str, body: DeviceUpdate, who: Writer) -> DeviceOut:
-    return _registry(request).update_device(device_id, body, who.actor(client_ip(request)))
+    return registry_of(request).update_device(device_id, body, who.actor(client_ip(request)))
 
 
 @router.delete("/{device_id}", status_code=204)
 def remove_device(request: Request, device_id: str, who: Writer) -> Response:
-    _registry(request).remove_device(device_id, who.actor(client_ip(request)))
+    registry_of(request).remove_device(device_id, who.actor(client_ip(request)))
     return Response(status_code=204)
