@@ -1,0 +1,257 @@
+"""Full verification of the log: recompute everything from the rows, report the damage.
+
+One streaming pass over the entries in ``seq`` order recomputes every leaf hash and the
+tree (a compact range), and compares with what is stored and what was signed:
+
+- ``deleted``   a sequence number is missing (a gap), or rows were renumbered to hide a
+                removal (a row's embedded seq is ahead of its position);
+- ``reordered`` a row holds another position's leaf (its embedded seq is found elsewhere);
+- ``edited``    a row's bytes do not hash to its stored leaf hash, a row is not a leaf we
+                wrote, or a stored subtree hash differs from the recomputed one (then the
+                index is the first leaf of that subtree);
+- ``truncated`` a checkpoint (stored or published to an anchor) covers more entries than
+                the log holds, or the writer's recorded size is larger;
+- ``forked``    the recomputed root at a checkpoint's size is not the signed root while the
+                rows are self-consistent: history was rewritten with recomputed hashes. The
+                damage lies in ``[index, detail's end)``, between the last checkpoint that
+                still matches and this one;
+- ``bad-checkpoint`` a checkpoint's signature fails, or no trusted key signed it.
+
+Problems are sorted by index; ``first`` is the earliest. The pass reads each row once and
+hashes it once, so 1,000,000 entries verify in a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from fleetwarden.auditlog import merkle
+from fleetwarden.auditlog.errors import CheckpointError
+from fleetwarden.auditlog.note import Verifier, verify_note
+from fleetwarden.auditlog.store import NODE_STRIDE, AuditStore, embedded_seq
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    index: int
+    kind: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    size: int = 0
+    root: bytes = merkle.EMPTY_ROOT
+    checkpoints_checked: int = 0
+    newest_checkpoint: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first(self) -> Problem | None:
+        return min(self.problems) if self.problems else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "size": self.size,
+            "root_hash": self.root.hex(),
+            "checkpoints_checked": self.checkpoints_checked,
+            "newest_checkpoint": self.newest_checkpoint,
+            "first_problem": self.first.as_dict() if self.first else None,
+            "problems": [p.as_dict() for p in sorted(self.problems)[:100]],
+            "problem_count": len(self.problems),
+        }
+
+
+def verify_log(
+    store: AuditStore,
+    verifiers: Sequence[Verifier],
+    *,
+    anchor_notes: Sequence[str] = (),
+    witnesses: Sequence[Verifier] = (),
+    origin: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    rep = VerifyReport()
+    problems = rep.problems
+
+    # 1. checkpoints: stored ones and those published to anchors, all signature-checked
+    signed: dict[int, tuple[bytes, str]] = {}
+    sources = [(c.note, "stored") for c in store.checkpoints()] + [
+        (n, "anchor") for n in anchor_notes
+    ]
+    for text, where in sources:
+        try:
+            v = verify_note(text, verifiers, witnesses=witnesses, origin=origin)
+        except CheckpointError as exc:
+            problems.append(Problem(_claimed_size(text), "bad-checkpoint", f"{where}: {exc}"))
+            continue
+        cp = v.checkpoint
+        rep.checkpoints_checked += 1
+        have = signed.get(cp.size)
+        if have is not None and have[0] != cp.root:
+            problems.append(
+                Problem(
+                    cp.size,
+                    "forked",
+                    f"two validly signed checkpoints of size {cp.size} with different roots "
+                    f"({have[1]} and {where}): the log forked",
+                )
+            )
+        signed.setdefault(cp.size, (cp.root, where))
+    rep.newest_checkpoint = max(signed, default=0)
+
+    # 2. one pass over the rows
+    stored_nodes = store.stored_nodes()
+    tree = merkle.CompactRange()
+    nodes: list[tuple[int, int, bytes]] = []
+    roots_at: dict[int, bytes] = {}
+    want_sizes = set(signed)
+    if 0 in want_sizes:
+        roots_at[0] = merkle.EMPTY_ROOT
+    expected = 0
+    misplaced: dict[int, int] = {}  # position -> the seq its leaf claims
+    claimed_positions: set[int] = set()
+    row_problem_at: int | None = None
+    last_row = -1  # position of the newest row-level problem
+    sha256 = hashlib.sha256
+    try:
+        rows = store.iter_rows()
+        for seq, leaf, stored_hash in rows:
+            if seq != expected:
+                problems.append(
+                    Problem(expected, "deleted", f"entries {expected}..{seq - 1} are missing")
+                )
+                row_problem_at = expected if row_problem_at is None else row_problem_at
+                last_row = seq
+                # keep hashing in stored order; roots after a gap cannot match anyway
+            lh = sha256(b"\x00" + leaf).digest()
+            if not leaf.endswith(b',"seq":%d,"v":1}' % seq):
+                claim = embedded_seq(leaf)
+                if claim is None:
+                    problems.append(Problem(seq, "edited", "row is not a well-formed log leaf"))
+                    row_problem_at = seq if row_problem_at is None else row_problem_at
+                    last_row = seq
+                elif claim != seq:
+                    misplaced[seq] = claim
+                    claimed_positions.add(claim)
+                    last_row = seq
+                else:
+                    problems.append(Problem(seq, "edited", "leaf bytes were altered"))
+                    row_problem_at = seq if row_problem_at is None else row_problem_at
+                    last_row = seq
+            elif lh != stored_hash:
+                problems.append(
+                    Problem(seq, "edited", "leaf bytes do not match the stored leaf hash")
+                )
+                row_problem_at = seq if row_problem_at is None else row_problem_at
+                last_row = seq
+            tree.append(lh, nodes)
+            expected = seq + 1
+            if expected in want_sizes:
+                roots_at[expected] = tree.root()
+            if progress is not None and expected % 65536 == 0:
+                progress(expected)
+            if nodes:
+                for level, idx, h in nodes:
+                    if level % NODE_STRIDE == 0:
+                        s = stored_nodes.pop((level, idx), None)
+                        first = idx << level
+                        # a changed row inside the subtree was already pinpointed
+                        if s is not None and s != h and last_row < first:
+                            problems.append(
+                                Problem(
+                                    first,
+                                    "edited",
+                                    f"stored subtree hash over entries {first}..{((idx + 1) << level) - 1} "
+                                    "differs from the recomputed one (a leaf in that range changed)",
+                                )
+                            )
+                nodes.clear()
+    except DBAPIError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        problems.append(
+            Problem(
+                expected,
+                "corrupt",
+                f"the database failed reading entries from {expected}: {reason}",
+            )
+        )
+        row_problem_at = expected if row_problem_at is None else row_problem_at
+    rep.size = expected
+    rep.root = tree.root()
+    if progress is not None:
+        progress(expected)
+
+    # 3. misplaced rows: a moved leaf whose own position also exists is a reorder;
+    #    a leaf claiming a later position with nothing pointing back is a deletion
+    for pos, claim in sorted(misplaced.items()):
+        if pos in claimed_positions or claim < pos:
+            problems.append(Problem(pos, "reordered", f"row {pos} holds the leaf of entry {claim}"))
+        else:
+            problems.append(
+                Problem(
+                    pos,
+                    "deleted",
+                    f"row {pos} holds entry {claim}: entries {pos}..{claim - 1} were removed "
+                    "and later rows renumbered",
+                )
+            )
+        row_problem_at = pos if row_problem_at is None else min(row_problem_at, pos)
+
+    # 4. sizes and roots against every signed checkpoint
+    recorded = store.recorded_size()
+    if recorded > rep.size:
+        problems.append(
+            Problem(
+                rep.size,
+                "truncated",
+                f"the writer committed {recorded} entries, {rep.size} remain",
+            )
+        )
+    good = 0
+    for size in sorted(signed):
+        root, where = signed[size]
+        if size > rep.size:
+            problems.append(
+                Problem(
+                    rep.size,
+                    "truncated",
+                    f"{where} checkpoint covers {size} entries, the log holds {rep.size}",
+                )
+            )
+            continue
+        got = roots_at.get(size)
+        if got == root:
+            good = size
+            continue
+        if row_problem_at is not None and row_problem_at < size:
+            continue  # explained by the row-level damage already reported
+        problems.append(
+            Problem(
+                good,
+                "forked",
+                f"recomputed root at size {size} differs from the {where} checkpoint: history "
+                f"between entries {good} and {size - 1} was rewritten",
+            )
+        )
+    return rep
+
+
+def _claimed_size(text: str) -> int:
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[1].isdigit():
+        return int(lines[1])
+    return 0
