@@ -126,6 +126,7 @@ def verify_log(
     claimed_positions: set[int] = set()
     row_problem_at: int | None = None
     last_row = -1  # position of the newest row-level problem
+    node_damage: list[tuple[int, int]] = []  # stored subtree [a, b) differs
     sha256 = hashlib.sha256
     try:
         rows = store.iter_rows()
@@ -171,14 +172,7 @@ def verify_log(
                         first = idx << level
                         # a changed row inside the subtree was already pinpointed
                         if s is not None and s != h and last_row < first:
-                            problems.append(
-                                Problem(
-                                    first,
-                                    "edited",
-                                    f"stored subtree hash over entries {first}..{((idx + 1) << level) - 1} "
-                                    "differs from the recomputed one (a leaf in that range changed)",
-                                )
-                            )
+                            node_damage.append((first, (idx + 1) << level))
                 nodes.clear()
     except DBAPIError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
@@ -222,6 +216,7 @@ def verify_log(
             )
         )
     good = 0
+    matched: list[int] = []
     for size in sorted(signed):
         root, where = signed[size]
         if size > rep.size:
@@ -236,6 +231,7 @@ def verify_log(
         got = roots_at.get(size)
         if got == root:
             good = size
+            matched.append(size)
             continue
         if row_problem_at is not None and row_problem_at < size:
             continue  # explained by the row-level damage already reported
@@ -245,6 +241,18 @@ def verify_log(
                 "forked",
                 f"recomputed root at size {size} differs from the {where} checkpoint: history "
                 f"between entries {good} and {size - 1} was rewritten",
+            )
+        )
+    # 5. a stored subtree hash that differs: some leaf in [a, b) changed together with its
+    #    leaf hash; a signed checkpoint inside the range that still matches narrows it
+    for a, b in node_damage:
+        lo = max([a, *(m for m in matched if m < b)])
+        problems.append(
+            Problem(
+                lo,
+                "edited",
+                f"stored subtree hash over entries {a}..{b - 1} differs from the recomputed "
+                f"one: an entry in {lo}..{b - 1} was changed along with its leaf hash",
             )
         )
     return rep
