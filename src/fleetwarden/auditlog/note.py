@@ -89,7 +89,7 @@ class Verifier:
     @classmethod
     def parse(cls, text: str) -> Verifier:
         try:
-            name, hexid, blob = text.strip().split("+")
+            name, hexid, blob = text.strip().split("+", 2)
             raw = base64.b64decode(blob, validate=True)
         except (ValueError, binascii.Error) as exc:
             raise CheckpointError(f"malformed verifier key {text[:80]!r}") from exc

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sys
 
 from cryptography.exceptions import InvalidSignature
@@ -42,7 +43,7 @@ def nh(a: bytes, b: bytes) -> bytes:
 
 
 def parse_key(text: str) -> tuple[str, bytes, bytes]:
-    name, kid, blob = text.strip().split("+")
+    name, kid, blob = text.strip().split("+", 2)
     raw = base64.b64decode(blob)
     if len(raw) != 33 or raw[0] != 1:
         raise Fail("key is not an Ed25519 signed-note verifier key")
@@ -179,7 +180,7 @@ def main(argv: list[str]) -> int:
         return 2
     cmd = argv[0]
     # the key is given inline or as a file holding it
-    key = argv[1] if argv[1].count("+") == 2 else open(argv[1]).read().strip()
+    key = open(argv[1]).read().strip() if os.path.isfile(argv[1]) else argv[1]
     try:
         if cmd == "checkpoint":
             origin, size, root = check_note(key, open(argv[2]).read())
