@@ -311,11 +311,24 @@ class SyslogSender:
             raise ExportError(f"syslog send failed: {exc}") from exc
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        """Close gracefully: a TLS close_notify (or a TCP half-close) and wait for the
+        collector to finish reading; rsyslog drops a session's unread tail when the
+        peer just vanishes, so an abrupt close can lose the last messages."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            sock.settimeout(5)
+            if isinstance(sock, ssl.SSLSocket):
+                sock = sock.unwrap()
+            if self.scheme != "udp":
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+        except (OSError, ssl.SSLError):
+            pass  # best effort: everything was already handed to the kernel
+        finally:
+            sock.close()
 
 
 def export(store: AuditStore, fmt: str, *, start: int = 0, end: int | None = None) -> Iterable[str]:

@@ -145,6 +145,8 @@ def decompose(a: int, b: int) -> list[tuple[int, int]]:
 
 
 def check_archive(key: str, obj: dict) -> str:  # type: ignore[type-arg]
+    if obj.get("format") != "fleetwarden-auditlog-archive/v1":
+        raise Fail("not a fleetwarden-auditlog-archive/v1 file")
     origin, size, root = check_note(key, obj["checkpoint"])
     start, end = obj["start"], obj["end"]
     cover = {(lv, ix): bytes.fromhex(h) for lv, ix, h in obj["left"] + obj["right"]}

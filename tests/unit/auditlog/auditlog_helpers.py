@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
@@ -18,19 +19,20 @@ ORIGIN = "fleetwarden.test/audit"
 
 
 def events(n: int, tag: str = "a", start: int = 0) -> list:
-    return [
-        pending_event(
-            f"{tag}-{i}",
+    out = []
+    for i in range(start, start + n):
+        ev = replace(
             api_activity(
                 operation="POST /v1/devices",
                 activity=Activity.CREATE,
                 actor="cli:test",
                 message=f"{tag} device {i}",
-            ).to_ocsf(),
-            logged_at=1_700_000_000_000 + i,
+            ),
+            uid=f"{tag}-{i}",
+            time=1_700_000_000_000 + i,
         )
-        for i in range(start, start + n)
-    ]
+        out.append(pending_event(ev.uid, ev.to_ocsf(), logged_at=1_700_000_000_000 + i))
+    return out
 
 
 def build(store: AuditStore, n: int, cps: Sequence[int] = ()) -> Checkpointer:
