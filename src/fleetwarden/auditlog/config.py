@@ -22,7 +22,7 @@ class AuditLogSettings(BaseModel):
     key_name: str = Field(default="fleetwarden-audit", description="signed-note key name")
     key_file: Path = Field(default=Path("keys/auditlog-checkpoint.pem"))
     pkcs11_module: str | None = Field(default=None, description="PKCS#11 module path")
-    pkcs11_token_label: str = "fleetwarden"
+    pkcs11_token_label: str = "fleetwarden"  # noqa: S105 (a label, not a secret)
     pkcs11_key_label: str = "auditlog-checkpoint"
     pkcs11_pin_file: Path | None = None
     witness_key_file: Path | None = Field(

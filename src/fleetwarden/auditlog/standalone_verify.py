@@ -176,19 +176,24 @@ def check_archive(key: str, obj: dict) -> str:  # type: ignore[type-arg]
     return f"archive of {origin} entries {start}..{end - 1} verified against checkpoint {size}"
 
 
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     cmd = argv[0]
     # the key is given inline or as a file holding it
-    key = open(argv[1]).read().strip() if os.path.isfile(argv[1]) else argv[1]
+    key = read(argv[1]).strip() if os.path.isfile(argv[1]) else argv[1]
     try:
         if cmd == "checkpoint":
-            origin, size, root = check_note(key, open(argv[2]).read())
+            origin, size, root = check_note(key, read(argv[2]))
             print(f"checkpoint verified: {origin} size {size} root {root.hex()}")
         elif cmd == "inclusion":
-            p = json.load(open(argv[2]))
+            p = json.loads(read(argv[2]))
             origin, size, root = check_note(key, p["checkpoint"])
             leaf = p["leaf"].encode()
             if size != p["tree_size"] or base64.b64decode(p["leaf_hash"]) != lh(leaf):
@@ -198,13 +203,13 @@ def main(argv: list[str]) -> int:
                 raise Fail("inclusion proof does not lead to the checkpoint root")
             print(f"entry {p['seq']} is in {origin} at size {size}")
         elif cmd == "consistency":
-            _, m, r1 = check_note(key, open(argv[2]).read())
-            _, n, r2 = check_note(key, open(argv[3]).read())
-            p = json.load(open(argv[4]))
+            _, m, r1 = check_note(key, read(argv[2]))
+            _, n, r2 = check_note(key, read(argv[3]))
+            p = json.loads(read(argv[4]))
             check_consistency(m, n, r1, r2, [base64.b64decode(h) for h in p["consistency_proof"]])
             print(f"checkpoint {n} extends checkpoint {m}: no fork")
         elif cmd == "archive":
-            print(check_archive(key, json.load(open(argv[2]))))
+            print(check_archive(key, json.loads(read(argv[2]))))
         else:
             print(__doc__, file=sys.stderr)
             return 2

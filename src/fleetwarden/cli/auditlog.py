@@ -137,8 +137,8 @@ def verify(
         first = rep.first
         assert first is not None
         console.print(f"DAMAGED: first bad index {first.index}: {first.kind}: {first.detail}")
-        for p in sorted(rep.problems)[1:20]:
-            console.print(f"  also index {p.index}: {p.kind}: {p.detail}")
+        for prob in sorted(rep.problems)[1:20]:
+            console.print(f"  also index {prob.index}: {prob.kind}: {prob.detail}")
     if not rep.ok:
         first = rep.first
         assert first is not None

@@ -37,24 +37,35 @@ def test_bus_events_are_logged_once_and_checkpointed(tmp_path: Path) -> None:
     data.mkdir()
     settings = load_settings(
         data,
-        auditlog={"checkpoint_every": 50, "checkpoint_interval": 60, "anchor_webhook": hook, "max_event_bytes": 2048},
+        auditlog={
+            "checkpoint_every": 50,
+            "checkpoint_interval": 60,
+            "anchor_webhook": hook,
+            "max_event_bytes": 2048,
+        },
     )
 
     async def run() -> AuditLogComponent:
         bus = InProcessBus(queue_size=100)
         comp = AuditLogComponent()
-        ctx = SimpleNamespace(settings=settings, bus=bus, app=SimpleNamespace(state=SimpleNamespace()), urls={})
+        ctx = SimpleNamespace(
+            settings=settings, bus=bus, app=SimpleNamespace(state=SimpleNamespace()), urls={}
+        )
         await comp.start(ctx)  # type: ignore[arg-type]
         await bus.start()
         evs = [
-            api_activity(operation="POST /v1/devices", activity=Activity.CREATE, actor="t", message=f"m{i}")
+            api_activity(
+                operation="POST /v1/devices", activity=Activity.CREATE, actor="t", message=f"m{i}"
+            )
             for i in range(120)
         ]
         for e in evs:
             await bus.publish(e)
         for e in evs[:30]:  # at-least-once redelivery
             await bus.publish(e)
-        await bus.publish(Event(EventClass.API_ACTIVITY, 1, "bad", data={"x": {1, 2}}))  # unserialisable
+        await bus.publish(
+            Event(EventClass.API_ACTIVITY, 1, "bad", data={"x": {1, 2}})
+        )  # unserialisable
         await bus.publish(Event(EventClass.API_ACTIVITY, 1, "big", data={"x": "y" * 5000}))
         await bus.publish("not an event")  # type: ignore[arg-type]
         await bus.drain()

@@ -23,7 +23,9 @@ from fleetwarden.auditlog.verify import verify_log
 WRITER = Path(__file__).with_name("crash_writer.py")
 
 
-def _round(url: str, keyfile: Path, tag: str, seconds: float) -> tuple[list[tuple[str, int, int]], list[str]]:
+def _round(
+    url: str, keyfile: Path, tag: str, seconds: float
+) -> tuple[list[tuple[str, int, int]], list[str]]:
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), url, str(keyfile), tag],
         stdout=subprocess.PIPE,
@@ -61,7 +63,11 @@ def test_acknowledged_appends_survive_kill_9(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     keyfile = tmp_path / "k.pem"
     keyfile.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     url = f"sqlite:///{tmp_path / 'crash.db'}"
     rng = random.Random(1234)
@@ -80,8 +86,12 @@ def test_acknowledged_appends_survive_kill_9(tmp_path: Path) -> None:
             missing = [
                 f"{p}-{i}" for p, a, b in all_acks for i in range(a, b) if f"{p}-{i}" not in uids
             ]
-            assert not missing, f"round {r}: {len(missing)} acknowledged entries lost, e.g. {missing[:3]}"
-            rep = verify_log(store, [verifier_for(Ed25519Signer("crash-test", key))], anchor_notes=all_notes)
+            assert not missing, (
+                f"round {r}: {len(missing)} acknowledged entries lost, e.g. {missing[:3]}"
+            )
+            rep = verify_log(
+                store, [verifier_for(Ed25519Signer("crash-test", key))], anchor_notes=all_notes
+            )
             assert rep.ok, rep.problems[:3]
             assert rep.size >= sum(b - a for _, a, b in all_acks)
         finally:

@@ -19,8 +19,13 @@ from fleetwarden.auditlog import siem
 from fleetwarden.auditlog.checkpoint import SyslogAnchor
 from fleetwarden.auditlog.store import AuditStore
 
-RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if Path("/usr/sbin/rsyslogd").exists() else None)
-pytestmark = [pytest.mark.interop, pytest.mark.skipif(RSYSLOGD is None, reason="rsyslog not installed")]
+RSYSLOGD = shutil.which("rsyslogd") or (
+    "/usr/sbin/rsyslogd" if Path("/usr/sbin/rsyslogd").exists() else None
+)
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(RSYSLOGD is None, reason="rsyslog not installed"),
+]
 
 
 def _tls_files(d: Path) -> tuple[Path, Path]:
@@ -29,16 +34,28 @@ def _tls_files(d: Path) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     c, k = d / "cert.pem", d / "key.pem"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return c, k
 
 
@@ -50,8 +67,10 @@ def _rsyslogd(d: Path, tls: bool):  # type: ignore[no-untyped-def]
     mod = 'module(load="imtcp")'
     if tls:
         cert, key = _tls_files(d)
-        drv = (f'global(DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{cert}" '
-               f'DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}")')
+        drv = (
+            f'global(DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{cert}" '
+            f'DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}")'
+        )
         mod = 'module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")'
     conf = d / "rsyslog.conf"
     conf.write_text(f"""
@@ -62,8 +81,12 @@ input(type="imtcp" port="0" listenPortFileName="{portfile}")
 template(name="fields" type="string" string="%app-name%|%msgid%|%structured-data%|%msg%\\n")
 action(type="omfile" file="{out}" template="fields")
 """)
-    proc = subprocess.Popen([str(RSYSLOGD), "-n", "-f", str(conf), "-i", str(d / "pid")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(RSYSLOGD), "-n", "-f", str(conf), "-i", str(d / "pid")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not (portfile.exists() and portfile.read_text().strip()):
         if proc.poll() is not None:

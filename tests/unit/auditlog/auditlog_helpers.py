@@ -50,5 +50,3 @@ def build(store: AuditStore, n: int, cps: Sequence[int] = ()) -> Checkpointer:
 def sql(store: AuditStore, stmt: str, **params: object) -> None:
     with store.engine.connect().execution_options(write=True) as conn, conn.begin():
         conn.execute(text(stmt), params)
-
-

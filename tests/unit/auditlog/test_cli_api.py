@@ -65,14 +65,22 @@ def test_cli_end_to_end(capsys: pytest.CaptureFixture[str], filled: Path, tmp_pa
     code, out, _ = run(capsys, "log", "prove", "11", "--json")
     proof = tmp_path / "p.json"
     proof.write_text(out)
-    r = subprocess.run([sys.executable, str(STANDALONE), "inclusion", key, str(proof)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(STANDALONE), "inclusion", key, str(proof)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout
     # consistency 20 -> 37 (old note from a checkpoint of size 20 is not needed here)
     code, out, _ = run(capsys, "log", "prove", "20", "--size", "37", "--consistency", "--json")
     assert code == 0 and json.loads(out)["old_size"] == 20
     note37 = tmp_path / "n37.txt"
     note37.write_text(cp["note"])
-    r = subprocess.run([sys.executable, str(STANDALONE), "checkpoint", key, str(note37)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(STANDALONE), "checkpoint", key, str(note37)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "size 37" in r.stdout
     # export and archive
     out_file = tmp_path / "x.cef"
@@ -95,7 +103,9 @@ def test_cli_end_to_end(capsys: pytest.CaptureFixture[str], filled: Path, tmp_pa
     assert "Traceback" not in err
 
 
-def test_cli_refuses_bad_checkpoint_file(capsys: pytest.CaptureFixture[str], filled: Path, tmp_path: Path) -> None:
+def test_cli_refuses_bad_checkpoint_file(
+    capsys: pytest.CaptureFixture[str], filled: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("not a note")
     code, _, err = run(capsys, "log", "verify", "--checkpoint", str(bad))
@@ -124,7 +134,9 @@ def test_api_routes(client: tuple[TestClient, Path], registry: Registry) -> None
     aud = _token(registry, Role.AUDITOR)
     head = c.get("/v1/auditlog", headers=aud).json()
     assert head["size"] == 12 and head["checkpoint"].split("\n")[1] == "12"
-    assert [e["seq"] for e in c.get("/v1/auditlog/entries?start=3&limit=2", headers=aud).json()] == [3, 4]
+    assert [
+        e["seq"] for e in c.get("/v1/auditlog/entries?start=3&limit=2", headers=aud).json()
+    ] == [3, 4]
     assert c.get("/v1/auditlog/entries/99", headers=aud).status_code == 404
     assert c.get("/v1/auditlog/entries?limit=5000", headers=aud).status_code == 422
     p = c.get("/v1/auditlog/proof/inclusion?seq=4", headers=aud).json()

@@ -53,14 +53,24 @@ def test_refusals() -> None:
         verify_note(text, [verifier_for(other)] if verifier_for(other).id != v.id else [])
     with pytest.raises(CheckpointError, match="not 'p'"):
         verify_note(text, [v], origin="p")
-    for bad in ["", "o\n3\n", "o\n3\nAAAA\n\n\u2014 log AAAA\n", "o\nx\n" + "A" * 44 + "\n\n\u2014 log AAAAAAA=\n",
-                text.replace("\u2014", "-"), text + "junk", "x" * 2_000_000]:
+    for bad in [
+        "",
+        "o\n3\n",
+        "o\n3\nAAAA\n\n\u2014 log AAAA\n",
+        "o\nx\n" + "A" * 44 + "\n\n\u2014 log AAAAAAA=\n",
+        text.replace("\u2014", "-"),
+        text + "junk",
+        "x" * 2_000_000,
+    ]:
         with pytest.raises(CheckpointError):
             verify_note(bad, [v])
     with pytest.raises(CheckpointError):
         Verifier.parse(v.text().replace("+", "+0", 1))
     with pytest.raises(CheckpointError):
-        sign_note(b"o\n1\n" + base64.b64encode(b"\0" * 32) + b"\n", Ed25519Signer("bad name", Ed25519PrivateKey.generate()))
+        sign_note(
+            b"o\n1\n" + base64.b64encode(b"\0" * 32) + b"\n",
+            Ed25519Signer("bad name", Ed25519PrivateKey.generate()),
+        )
 
 
 def test_unknown_extra_signatures_are_ignored_and_cosignature_checked() -> None:
@@ -79,7 +89,8 @@ def test_unknown_extra_signatures_are_ignored_and_cosignature_checked() -> None:
         verify_note(sign_note(note.body, log).text(), [verifier_for(log)], witnesses=[wv])
     forged = note.text().replace(
         note.signatures[1].line(),
-        note.signatures[1].line()[:-6] + ("AAAA=\n" if not note.signatures[1].line().endswith("AAAA=\n") else "BBBB=\n"),
+        note.signatures[1].line()[:-6]
+        + ("AAAA=\n" if not note.signatures[1].line().endswith("AAAA=\n") else "BBBB=\n"),
     )
     with pytest.raises(CheckpointError):
         verify_note(forged, [verifier_for(log)], witnesses=[wv])

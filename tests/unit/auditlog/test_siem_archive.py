@@ -35,10 +35,14 @@ def test_every_format_carries_proof_material(tmp_path: Path) -> None:
     o = json.loads(lines["ocsf"][12])
     assert o["class_uid"] == 6003 and o["metadata"]["uid"] == e12.uid
     assert o["unmapped"]["fleetwarden_auditlog"] == {
-        "seq": 12, "leaf_hash": e12.leaf_hash.hex(), "checkpoint": {"size": 25, "root_hash": cps[25]}
+        "seq": 12,
+        "leaf_hash": e12.leaf_hash.hex(),
+        "checkpoint": {"size": 25, "root_hash": cps[25]},
     }
     # canonical: sorted keys, no whitespace
-    assert lines["ocsf"][12] == json.dumps(o, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert lines["ocsf"][12] == json.dumps(
+        o, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     ecs = json.loads(lines["ecs"][12])
     assert ecs["event"]["sequence"] == 12 and ecs["event"]["hash"] == e12.leaf_hash.hex()
     assert ecs["labels"]["audit_checkpoint_size"] == "25" and ecs["@timestamp"].endswith("Z")
@@ -46,12 +50,26 @@ def test_every_format_carries_proof_material(tmp_path: Path) -> None:
     assert cef.startswith("CEF:0|fleetwarden|fleetwarden|") and "|600301|API Activity|2|" in cef
     assert f"cs1={e12.leaf_hash.hex()}" in cef and "cn1=12" in cef and "cn2=25" in cef
     sl = lines["syslog"][12]
-    assert sl.startswith("<110>1 ") and " fleetwarden - audit [fwaudit@32473 seq=\"12\" " in sl
+    assert sl.startswith("<110>1 ") and ' fleetwarden - audit [fwaudit@32473 seq="12" ' in sl
     assert f'cpRoot="{cps[25]}"' in sl
 
 
 def test_cef_and_syslog_escaping() -> None:
-    r = siem.ExportRecord(1, "ab", 2, "cd", {"event": {"class_uid": 6003, "class_name": "A|B", "message": "x=y\\z\nw", "time": 0, "metadata": {"uid": "u"}}})
+    r = siem.ExportRecord(
+        1,
+        "ab",
+        2,
+        "cd",
+        {
+            "event": {
+                "class_uid": 6003,
+                "class_name": "A|B",
+                "message": "x=y\\z\nw",
+                "time": 0,
+                "metadata": {"uid": "u"},
+            }
+        },
+    )
     cef = siem.to_cef(r)
     assert "|A\\|B|" in cef and "msg=x\\=y\\\\z\\nw" in cef
     msg = siem.syslog_message("m", timestamp_ms=0, hostname="h", sd={"a@1": {"k": 'q"]\\'}})
@@ -86,14 +104,20 @@ def test_syslog_sender_refuses_unreachable_and_oversize(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("start", "end"), [(0, 40), (0, 1), (5, 23), (16, 32), (39, 40), (10, 25)])
 def test_archive_verifies_alone(tmp_path: Path, start: int, end: int) -> None:
     store = _log(tmp_path)
-    obj = build_archive(store, start, end, origin=ORIGIN, verifier_keys=[v.text() for v in VERIFIERS])
+    obj = build_archive(
+        store, start, end, origin=ORIGIN, verifier_keys=[v.text() for v in VERIFIERS]
+    )
     path = tmp_path / "arch.json"
     write_archive(path, obj)
     store.close()
     (tmp_path / "a.db").unlink()  # the database is gone: the file stands alone
     rep = verify_archive(path, VERIFIERS, origin=ORIGIN)
     assert (rep.start, rep.end) == (start, end) and rep.checkpoint_size >= end
-    out = subprocess.run([sys.executable, str(STANDALONE), "archive", VERIFIERS[0].text(), str(path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(STANDALONE), "archive", VERIFIERS[0].text(), str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"entries {start}..{end - 1} verified" in out.stdout
 
@@ -128,7 +152,11 @@ def test_tampered_archives_are_refused(tmp_path: Path) -> None:
             verify_archive(bad, VERIFIERS)
         p = tmp_path / f"bad{i}.json"
         p.write_text(json.dumps(bad))
-        out = subprocess.run([sys.executable, str(STANDALONE), "archive", VERIFIERS[0].text(), str(p)], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, str(STANDALONE), "archive", VERIFIERS[0].text(), str(p)],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 1, (i, out.stdout, out.stderr)
 
 

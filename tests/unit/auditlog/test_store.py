@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from auditlog_helpers import VERIFIERS, build, events, sql
 
 from fleetwarden.auditlog import merkle
 from fleetwarden.auditlog.errors import AuditLogDamagedError
 from fleetwarden.auditlog.store import AuditStore, embedded_seq, pending_malformed
 from fleetwarden.auditlog.verify import verify_log
-
-from auditlog_helpers import VERIFIERS, build, events, sql
 
 
 def test_append_assigns_contiguous_seqs_and_dedupes(store: AuditStore) -> None:
@@ -19,7 +18,14 @@ def test_append_assigns_contiguous_seqs_and_dedupes(store: AuditStore) -> None:
     # redelivery (at-least-once bus) of 3..5 plus new 6..9, with an in-batch duplicate
     r2 = store.append([*items[3:], items[7]])
     assert [(r.seq, r.duplicate) for r in r2] == [
-        (3, True), (4, True), (5, True), (6, False), (7, False), (8, False), (9, False), (7, True)
+        (3, True),
+        (4, True),
+        (5, True),
+        (6, False),
+        (7, False),
+        (8, False),
+        (9, False),
+        (7, True),
     ]
     assert store.size() == 10
     e = store.entry(4)
@@ -38,9 +44,13 @@ def test_root_and_proofs_match_reference(store: AuditStore) -> None:
     for i in (0, 1, 15, 16, 255, 256, 299):
         merkle.verify_inclusion(i, 300, leaves[i], store.inclusion_proof(i, 300), root)
         sub = i + 1
-        merkle.verify_inclusion(i, sub, leaves[i], store.inclusion_proof(i, sub), store.root_at(sub))
+        merkle.verify_inclusion(
+            i, sub, leaves[i], store.inclusion_proof(i, sub), store.root_at(sub)
+        )
     for old in (0, 1, 16, 17, 128, 299, 300):
-        merkle.verify_consistency(old, 300, store.root_at(old), root, store.consistency_proof(old, 300))
+        merkle.verify_consistency(
+            old, 300, store.root_at(old), root, store.consistency_proof(old, 300)
+        )
         assert store.root_at(old) == merkle.root_from_leaf_hashes(leaves[:old])
 
 

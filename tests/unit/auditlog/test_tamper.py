@@ -47,7 +47,13 @@ def _fresh(url: str | None = None) -> AuditStore:
 
 def _rows(store: AuditStore, where: str) -> list:
     with store.engine.connect() as conn:
-        return list(conn.execute(text(f"SELECT seq, uid, logged_at, leaf, leaf_hash FROM audit_entries WHERE {where} ORDER BY seq")))
+        return list(
+            conn.execute(
+                text(
+                    f"SELECT seq, uid, logged_at, leaf, leaf_hash FROM audit_entries WHERE {where} ORDER BY seq"
+                )
+            )
+        )
 
 
 logs = st.integers(2, 70).flatmap(
@@ -62,8 +68,12 @@ def edit(store: AuditStore, i: int, rewrite_hash: bool) -> None:
     if rewrite_hash:
         import hashlib
 
-        sql(store, "UPDATE audit_entries SET leaf_hash = :h WHERE seq = :s",
-            h=hashlib.sha256(b"\x00" + leaf).digest(), s=i)
+        sql(
+            store,
+            "UPDATE audit_entries SET leaf_hash = :h WHERE seq = :s",
+            h=hashlib.sha256(b"\x00" + leaf).digest(),
+            s=i,
+        )
 
 
 @SETTINGS
@@ -81,7 +91,9 @@ def test_edit_is_found_at_its_index(log: tuple[int, list[int]], data: st.DataObj
 
 @SETTINGS
 @given(logs, st.data())
-def test_edit_with_recomputed_leaf_hash_is_found(log: tuple[int, list[int]], data: st.DataObject) -> None:
+def test_edit_with_recomputed_leaf_hash_is_found(
+    log: tuple[int, list[int]], data: st.DataObject
+) -> None:
     """The intruder also fixes the leaf hash: the stored subtree hashes or the signed
     checkpoint still catch it, no later than the first index it could be."""
     n, cps = log
@@ -123,8 +135,21 @@ def test_reorder_is_found(log: tuple[int, list[int]], data: st.DataObject) -> No
     j = data.draw(st.integers(i + 1, n - 1))
     (a,) = _rows(store, f"seq = {i}")
     (b,) = _rows(store, f"seq = {j}")
-    sql(store, "UPDATE audit_entries SET uid = 'tmp', leaf = :l, leaf_hash = :h WHERE seq = :s", l=b[3], h=b[4], s=i)
-    sql(store, "UPDATE audit_entries SET uid = :u, leaf = :l, leaf_hash = :h WHERE seq = :s", u=a[1], l=a[3], h=a[4], s=j)
+    sql(
+        store,
+        "UPDATE audit_entries SET uid = 'tmp', leaf = :l, leaf_hash = :h WHERE seq = :s",
+        l=b[3],
+        h=b[4],
+        s=i,
+    )
+    sql(
+        store,
+        "UPDATE audit_entries SET uid = :u, leaf = :l, leaf_hash = :h WHERE seq = :s",
+        u=a[1],
+        l=a[3],
+        h=a[4],
+        s=j,
+    )
     sql(store, "UPDATE audit_entries SET uid = :u WHERE seq = :s", u=b[1], s=i)
     rep = verify_log(store, VERIFIERS)
     assert rep.first is not None and (rep.first.index, rep.first.kind) == (i, "reordered")

@@ -33,7 +33,7 @@ def _log(request: Request) -> AuditLog:
             s = state.settings
             log = open_log(s.auditlog, s.data_dir)
             state.auditlog = log
-    return log  # type: ignore[no-any-return]
+    return log
 
 
 def _entry(e: Entry) -> dict[str, Any]:
