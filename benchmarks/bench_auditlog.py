@@ -94,7 +94,9 @@ def baseline_sqlite(path: Path, leaves: list[bytes], batch: int) -> float:
     t0 = time.perf_counter()
     for k in range(0, len(leaves), batch):
         con.execute("BEGIN")
-        con.executemany("INSERT INTO t VALUES (?, ?)", [(k + i, x) for i, x in enumerate(leaves[k : k + batch])])
+        con.executemany(
+            "INSERT INTO t VALUES (?, ?)", [(k + i, x) for i, x in enumerate(leaves[k : k + batch])]
+        )
         con.execute("COMMIT")
     rate = len(leaves) / (time.perf_counter() - t0)
     con.close()
@@ -144,8 +146,22 @@ def main() -> int:
 
         leaves = [canonical_json(e.to_ocsf()) for e in events]
         base = baseline_sqlite(tmp / "baseline.db", leaves, args.batch)
-        rows.append(("durable append, SQLite, end to end (Event -> fsync'd, acked)", f"{e2e:,.0f} events/s", f"{base:,.0f} rows/s plain SQLite insert", f"{e2e / base:.2f}"))
-        rows.append(("durable append, SQLite, writer only (pre-serialised)", f"{writer:,.0f} events/s", f"{base:,.0f} rows/s plain SQLite insert", f"{writer / base:.2f}"))
+        rows.append(
+            (
+                "durable append, SQLite, end to end (Event -> fsync'd, acked)",
+                f"{e2e:,.0f} events/s",
+                f"{base:,.0f} rows/s plain SQLite insert",
+                f"{e2e / base:.2f}",
+            )
+        )
+        rows.append(
+            (
+                "durable append, SQLite, writer only (pre-serialised)",
+                f"{writer:,.0f} events/s",
+                f"{base:,.0f} rows/s plain SQLite insert",
+                f"{writer / base:.2f}",
+            )
+        )
         if not args.skip_pg:
             import uuid
 
@@ -159,8 +175,17 @@ def main() -> int:
                 url = f"{args.pg_url}?options=-csearch_path%3D{schema}"
                 n = min(len(events), 100_000)
                 pe2e, pwriter, _ = bench_append(url, make_events(n), args.batch)
-                rows.append(("durable append, PostgreSQL, end to end", f"{pe2e:,.0f} events/s", "-", "-"))
-                rows.append(("durable append, PostgreSQL, writer only", f"{pwriter:,.0f} events/s", "-", "-"))
+                rows.append(
+                    ("durable append, PostgreSQL, end to end", f"{pe2e:,.0f} events/s", "-", "-")
+                )
+                rows.append(
+                    (
+                        "durable append, PostgreSQL, writer only",
+                        f"{pwriter:,.0f} events/s",
+                        "-",
+                        "-",
+                    )
+                )
             finally:
                 with admin.begin() as c:
                     c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -178,7 +203,8 @@ def main() -> int:
         t0 = time.perf_counter()
         rep = verify_log(store, [verifier_for(signer)])
         verify_s = time.perf_counter() - t0
-        assert rep.ok and rep.size == args.entries, rep.problems[:3]
+        assert rep.ok, rep.problems[:3]
+        assert rep.size == args.entries
         all_leaves = [leaf for _, leaf, _ in store.iter_rows()]
         t0 = time.perf_counter()
         for leaf in all_leaves:
@@ -190,7 +216,14 @@ def main() -> int:
         for _ in con.execute("SELECT seq, leaf, leaf_hash FROM audit_entries ORDER BY seq"):
             pass
         read_s = time.perf_counter() - t0
-        rows.append((f"full verification, {args.entries:,} entries", f"{verify_s:.2f} s", f"{sha_s:.2f} s raw SHA-256 of the leaves; {read_s:.2f} s plain SELECT of all rows", f"{verify_s / (sha_s + read_s):.2f} x (hash + read)"))
+        rows.append(
+            (
+                f"full verification, {args.entries:,} entries",
+                f"{verify_s:.2f} s",
+                f"{sha_s:.2f} s raw SHA-256 of the leaves; {read_s:.2f} s plain SELECT of all rows",
+                f"{verify_s / (sha_s + read_s):.2f} x (hash + read)",
+            )
+        )
 
         # 3. inclusion proofs at N ----------------------------------------------------
         store.close()
@@ -212,12 +245,21 @@ def main() -> int:
             one.append(time.perf_counter() - t0)
         con.close()
         one_ms = statistics.median(one) * 1000
-        rows.append((f"inclusion proof at {args.entries:,} entries (2,000 random leaves)", f"median {med:.3f} ms, p99 {p99:.3f} ms, first (cold) {first_ms:.2f} ms", f"{one_ms:.3f} ms one primary-key SELECT", f"{med / one_ms:.1f}"))
+        rows.append(
+            (
+                f"inclusion proof at {args.entries:,} entries (2,000 random leaves)",
+                f"median {med:.3f} ms, p99 {p99:.3f} ms, first (cold) {first_ms:.2f} ms",
+                f"{one_ms:.3f} ms one primary-key SELECT",
+                f"{med / one_ms:.1f}",
+            )
+        )
         store.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"leaf size {leaf_len} bytes (an OCSF API Activity event with its log envelope); batch {args.batch}; building the {args.entries:,}-entry log took {build_s:.1f} s\n")
+    print(
+        f"leaf size {leaf_len} bytes (an OCSF API Activity event with its log envelope); batch {args.batch}; building the {args.entries:,}-entry log took {build_s:.1f} s\n"
+    )
     print("| measurement | result | baseline (same run) | ratio |")
     print("|---|---|---|---|")
     for r in rows:

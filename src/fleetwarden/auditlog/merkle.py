@@ -63,7 +63,11 @@ class CompactRange:
         #: peaks, biggest (leftmost) subtree first
         self.peaks: list[bytes] = list(peaks)
 
-    def append(self, h: bytes, nodes: list[tuple[int, int, bytes]] | None = None) -> None:
+    def append(
+        self, h: bytes, nodes: list[tuple[int, int, bytes]] | None = None, stride: int = 1
+    ) -> None:
+        """Add a leaf hash; report completed subtrees whose level is a multiple of
+        ``stride`` into ``nodes``."""
         size = self.size
         level = 0
         peaks = self.peaks
@@ -71,7 +75,7 @@ class CompactRange:
         while size & (1 << level):
             h = hashlib.sha256(b"\x01" + peaks.pop() + h).digest()
             level += 1
-            if nodes is not None:
+            if nodes is not None and level % stride == 0:
                 nodes.append((level, size >> level, h))
         peaks.append(h)
         self.size = size + 1

@@ -10,7 +10,10 @@ own database: the tables are prefixed ``audit_``). The schema is created on open
 
 Invariants:
 - entry ``seq`` values are 0, 1, 2, ... without gaps; a row is never updated or deleted by
-  this code; each event ``uid`` appears at most once (unique index);
+  this code; each event ``uid`` appears at most once. Dedupe looks rows up by
+  ``uid_key`` (the first 8 bytes of SHA-256(uid) as a signed integer, non-unique index)
+  and then compares the uid itself: an 8-byte index is a third of a UUID-text one, which
+  is what keeps durable appends near the raw insert rate;
 - the leaf bytes are canonical JSON (sorted keys, no spaces, UTF-8) that embed their own
   ``seq`` and end with ``,"seq":<n>,"v":1}``; ``leaf_hash`` = SHA-256(0x00 || leaf);
 - ``audit_nodes`` holds the hash of every complete subtree whose level is a positive
@@ -36,6 +39,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -44,7 +48,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     create_engine,
     event,
     make_url,
@@ -73,12 +76,13 @@ entries = Table(
     "audit_entries",
     metadata,
     Column("seq", _big, nullable=False),
+    Column("uid_key", BigInteger, nullable=False),
     Column("uid", String(160), nullable=False),
     Column("logged_at", BigInteger, nullable=False),
     Column("leaf", LargeBinary, nullable=False),
     Column("leaf_hash", LargeBinary(32), nullable=False),
     PrimaryKeyConstraint("seq", name="pk_audit_entries"),
-    UniqueConstraint("uid", name="uq_audit_entries_uid"),
+    Index("ix_audit_entries_uid_key", "uid_key"),
 )
 nodes = Table(
     "audit_nodes",
@@ -103,6 +107,14 @@ meta = Table(
     Column("key", String(64), nullable=False),
     Column("value", Text, nullable=False),
     PrimaryKeyConstraint("key", name="pk_audit_meta"),
+)
+
+_ENTRY_COLS = (
+    entries.c.seq,
+    entries.c.uid,
+    entries.c.logged_at,
+    entries.c.leaf,
+    entries.c.leaf_hash,
 )
 
 #: the largest leaf we accept (an event bigger than this is logged as malformed)
@@ -135,12 +147,18 @@ class Pending:
     uid: str
     body: bytes
     logged_at: int
+    #: :func:`uid_key` of ``uid``, computed by the producer (off the writer's path)
+    key: int = 0
+
+
+def uid_key(uid: str) -> int:
+    return int.from_bytes(hashlib.sha256(uid.encode()).digest()[:8], "big", signed=True)
 
 
 def pending_event(uid: str, ocsf: dict[str, Any], *, logged_at: int | None = None) -> Pending:
     at = int(time.time() * 1000) if logged_at is None else logged_at
     body = b'{"event":' + canonical_json(ocsf) + b',"kind":"event","logged_at":%d' % at
-    return Pending(uid=uid, body=body, logged_at=at)
+    return Pending(uid=uid, body=body, logged_at=at, key=uid_key(uid))
 
 
 def pending_malformed(raw: Any, reason: str, *, logged_at: int | None = None) -> Pending:
@@ -168,10 +186,11 @@ def pending_malformed(raw: Any, reason: str, *, logged_at: int | None = None) ->
             },
         }
     )[:-1]
-    return Pending(uid=f"malformed:{digest}", body=body, logged_at=at)
+    uid = f"malformed:{digest}"
+    return Pending(uid=uid, body=body, logged_at=at, key=uid_key(uid))
 
 
-def _as_bytes(v: Any) -> bytes:
+def as_bytes(v: Any) -> bytes:
     # a tampered row may hold TEXT or NULL where a BLOB belongs (SQLite is loosely typed)
     if isinstance(v, bytes | bytearray | memoryview):
         return bytes(v)
@@ -330,13 +349,15 @@ class AuditStore:
 
     def entry_by_uid(self, uid: str) -> Entry | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(entries).where(entries.c.uid == uid)).first()
+            row = conn.execute(
+                select(*_ENTRY_COLS).where(entries.c.uid_key == uid_key(uid), entries.c.uid == uid)
+            ).first()
         return None if row is None else Entry(*row)
 
     def entries(self, start: int, end: int) -> list[Entry]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(entries)
+                select(*_ENTRY_COLS)
                 .where(entries.c.seq >= start, entries.c.seq < end)
                 .order_by(entries.c.seq)
             )
@@ -365,8 +386,28 @@ class AuditStore:
                 if not rows:
                     return
                 for r in rows:
-                    yield int(r[0]), _as_bytes(r[1]), _as_bytes(r[2])
+                    yield int(r[0]), as_bytes(r[1]), as_bytes(r[2])
                 pos = int(rows[-1][0]) + 1
+
+    def scan(self, *, chunk: int = 10_000) -> Iterator[tuple[int, Any, Any]]:
+        """Every (seq, leaf, leaf_hash) in seq order straight from the driver: the fast
+        path of full verification (a server-side cursor on PostgreSQL, so memory stays
+        flat). Values are as the database holds them; the caller coerces odd types."""
+        raw = self.engine.raw_connection()
+        try:
+            if self.engine.dialect.name == "postgresql":
+                cur = raw.driver_connection.cursor(name="fleetwarden_audit_scan")  # type: ignore[union-attr]
+            else:
+                cur = raw.cursor()
+            cur.execute("SELECT seq, leaf, leaf_hash FROM audit_entries ORDER BY seq")
+            while True:
+                rows = cur.fetchmany(chunk)
+                if not rows:
+                    break
+                yield from rows
+            cur.close()
+        finally:
+            raw.close()
 
     def stored_nodes(self) -> dict[tuple[int, int], bytes]:
         with self.engine.connect() as conn:
@@ -529,16 +570,18 @@ class AuditStore:
                 tree = self._load_tree(conn, size)
             tree = tree.copy()  # committed only when the transaction is
             # dedupe against the log and within the batch
-            uids = list(dict.fromkeys(p.uid for p in items))
+            keys = {p.uid: p.key or uid_key(p.uid) for p in items}
+            wanted = list(set(keys.values()))
             known: dict[str, int] = {}
             ph = self._ph
-            for k in range(0, len(uids), 500):
-                chunk = uids[k : k + 500]
+            for k in range(0, len(wanted), 500):
+                chunk = wanted[k : k + 500]
                 marks = ",".join([ph] * len(chunk))
-                sql = f"SELECT uid, seq FROM audit_entries WHERE uid IN ({marks})"  # noqa: S608
+                sql = f"SELECT uid, seq FROM audit_entries WHERE uid_key IN ({marks})"  # noqa: S608
                 for uid, old_seq in conn.exec_driver_sql(sql, tuple(chunk)):
-                    known[uid] = int(old_seq)
-            rows: list[tuple[int, str, int, bytes, bytes]] = []
+                    if uid in keys:  # same key prefix and same uid: a redelivery
+                        known[uid] = int(old_seq)
+            rows: list[tuple[int, int, str, int, bytes, bytes]] = []
             new_nodes: list[tuple[int, int, bytes]] = []
             seq = size
             sha256 = hashlib.sha256
@@ -549,8 +592,8 @@ class AuditStore:
                     continue
                 leaf = p.body + b',"seq":%d,"v":1}' % seq
                 lh = sha256(b"\x00" + leaf).digest()
-                tree.append(lh, new_nodes)
-                rows.append((seq, p.uid, p.logged_at, leaf, lh))
+                tree.append(lh, new_nodes, NODE_STRIDE)
+                rows.append((seq, keys[p.uid], p.uid, p.logged_at, leaf, lh))
                 known[p.uid] = seq
                 results[i] = AppendResult(seq, False)
                 seq += 1
@@ -558,15 +601,14 @@ class AuditStore:
                 # driver-level executemany: SQLAlchemy's per-row processing would cost
                 # more than the insert itself at this rate
                 conn.exec_driver_sql(
-                    "INSERT INTO audit_entries (seq, uid, logged_at, leaf, leaf_hash) "  # noqa: S608
-                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph})",
+                    "INSERT INTO audit_entries (seq, uid_key, uid, logged_at, leaf, leaf_hash) "  # noqa: S608
+                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph})",
                     rows,
                 )
-                keep = [(lv, ix, h) for lv, ix, h in new_nodes if lv % NODE_STRIDE == 0]
-                if keep:
+                if new_nodes:
                     conn.exec_driver_sql(
                         f"INSERT INTO audit_nodes (level, idx, hash) VALUES ({ph}, {ph}, {ph})",  # noqa: S608
-                        keep,
+                        new_nodes,
                     )
                 self._set_meta(conn, "size", str(seq))
         self._tree = tree
