@@ -17,7 +17,9 @@ from fleetwarden.auditlog.verify import verify_log
 
 def test_witness_cosigns_growth_and_refuses_a_rewrite(tmp_path: Path) -> None:
     store = AuditStore.open(f"sqlite:///{tmp_path / 'a.db'}")
-    w = Witness(Ed25519Signer("witness", Ed25519PrivateKey.generate()), VERIFIERS[0], tmp_path / "w.json")
+    w = Witness(
+        Ed25519Signer("witness", Ed25519PrivateKey.generate()), VERIFIERS[0], tmp_path / "w.json"
+    )
     cp = Checkpointer(store, SIGNER, ORIGIN, witness=w)
     store.append(events(10))
     c1 = cp.make()
