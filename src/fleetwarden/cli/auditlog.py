@@ -17,7 +17,15 @@ from fleetwarden.auditlog.errors import AuditLogError, EntryNotFoundError
 from fleetwarden.auditlog.service import AuditLog, open_log
 from fleetwarden.auditlog.siem import FORMATS, ExportError, SyslogSender, export
 from fleetwarden.auditlog.store import Entry
-from fleetwarden.cli._common import JsonFlag, console, print_json, require_init, settings
+from fleetwarden.cli._common import (
+    JsonFlag,
+    cli_actor,
+    console,
+    print_json,
+    registry,
+    require_init,
+    settings,
+)
 
 app = typer.Typer(
     help="The tamper-evident audit log (C7): tail, prove, verify, export.", no_args_is_help=True
@@ -28,6 +36,21 @@ class VerificationFailedError(AuditLogError):
     """``log verify`` found damage (the report was printed)."""
 
     exit_code = 65
+
+
+def _record(operation: str, message: str) -> None:
+    """Record an admin action on the log itself (checkpoint, export, archive) through the
+    registry outbox: it reaches the audit log over the bus like every other event."""
+    from fleetwarden.events import Activity, api_activity
+
+    actor = cli_actor()
+    with registry() as reg, reg.session() as s:
+        reg.record(
+            s,
+            api_activity(
+                operation=operation, activity=Activity.OTHER, actor=actor.name, message=message
+            ),
+        )
 
 
 def _open(*, create_keys: bool = False) -> AuditLog:
@@ -202,6 +225,8 @@ def checkpoint(
         log.close()
     if cp is None:
         raise EntryNotFoundError("the audit log has no checkpoint (it is empty)")
+    if not show_only:
+        _record("log checkpoint", f"audit log checkpoint signed at size {cp.size}")
     if json_out:
         print_json(
             {
@@ -250,6 +275,8 @@ def export_(
                     out.close()
     finally:
         log.close()
+    dest = syslog or (str(output) if output else "stdout")
+    _record("log export", f"audit log exported: {n} {fmt} record(s) from {start} to {dest}")
     if syslog or output:
         console.print(f"exported {n} record(s)")
 
@@ -273,6 +300,7 @@ def archive(
         write_archive(output, obj)
     finally:
         log.close()
+    _record("log archive", f"audit log entries {start}..{end - 1} archived to {output}")
     console.print(f"archived entries {start}..{end - 1} to {output}")
 
 

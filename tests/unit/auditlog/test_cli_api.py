@@ -49,6 +49,13 @@ def test_cli_end_to_end(capsys: pytest.CaptureFixture[str], filled: Path, tmp_pa
     assert code == 0, err
     cp = json.loads(out)
     assert cp["size"] == 37 and cp["anchor_failures"] == {}
+    # the admin action on the log is itself an event, queued for the bus (and so the log)
+    reg = Registry.open(load_settings(filled).effective_database_url)
+    try:
+        ops = [p["api"]["operation"] for _, p in reg.pending_events(100)]
+    finally:
+        reg.close()
+    assert "log checkpoint" in ops
     anchor = filled / "auditlog-checkpoints.txt"
     assert json.loads(anchor.read_text().splitlines()[-1])["size"] == 37
     code, out, _ = run(capsys, "log", "tail", "-n", "3", "--json")
