@@ -389,8 +389,8 @@ class AuditStore:
                     yield int(r[0]), as_bytes(r[1]), as_bytes(r[2])
                 pos = int(rows[-1][0]) + 1
 
-    def scan(self, *, chunk: int = 10_000) -> Iterator[tuple[int, Any, Any]]:
-        """Every (seq, leaf, leaf_hash) in seq order straight from the driver: the fast
+    def scan(self, *, chunk: int = 10_000) -> Iterator[list[tuple[int, Any, Any]]]:
+        """Chunks of (seq, leaf, leaf_hash) in seq order straight from the driver: the fast
         path of full verification (a server-side cursor on PostgreSQL, so memory stays
         flat). Values are as the database holds them; the caller coerces odd types."""
         raw = self.engine.raw_connection()
@@ -404,7 +404,7 @@ class AuditStore:
                 rows = cur.fetchmany(chunk)
                 if not rows:
                     break
-                yield from rows
+                yield rows
             cur.close()
         finally:
             raw.close()
