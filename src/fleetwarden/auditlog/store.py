@@ -562,7 +562,6 @@ class AuditStore:
 
     def append(self, items: Sequence[Pending]) -> list[AppendResult]:
         """Append in one transaction (one fsync); duplicates (by uid) get their old seq."""
-        results: list[AppendResult | None] = [None] * len(items)
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             size = self._check_head(conn)
             tree = self._tree
@@ -581,22 +580,27 @@ class AuditStore:
                 for uid, old_seq in conn.exec_driver_sql(sql, tuple(chunk)):
                     if uid in keys:  # same key prefix and same uid: a redelivery
                         known[uid] = int(old_seq)
-            rows: list[tuple[int, int, str, int, bytes, bytes]] = []
-            new_nodes: list[tuple[int, int, bytes]] = []
-            seq = size
-            sha256 = hashlib.sha256
+            # which items are new (first occurrence, not in the log), in order
+            fresh: list[Pending] = []
+            new_at: set[int] = set()  # positions in items that get a new entry
             for i, p in enumerate(items):
-                old = known.get(p.uid)
-                if old is not None:
-                    results[i] = AppendResult(old, True)
-                    continue
-                leaf = p.body + b',"seq":%d,"v":1}' % seq
-                lh = sha256(b"\x00" + leaf).digest()
+                if p.uid not in known:
+                    known[p.uid] = size + len(fresh)
+                    fresh.append(p)
+                    new_at.add(i)
+            # comprehensions rather than one loop: this is the per-event hot path
+            sha256 = hashlib.sha256
+            leaves = [p.body + b',"seq":%d,"v":1}' % (size + i) for i, p in enumerate(fresh)]
+            hashes = [sha256(b"\x00" + leaf).digest() for leaf in leaves]
+            new_nodes: list[tuple[int, int, bytes]] = []
+            for lh in hashes:
                 tree.append(lh, new_nodes, NODE_STRIDE)
-                rows.append((seq, keys[p.uid], p.uid, p.logged_at, leaf, lh))
-                known[p.uid] = seq
-                results[i] = AppendResult(seq, False)
-                seq += 1
+            rows = [
+                (size + i, keys[p.uid], p.uid, p.logged_at, leaf, lh)
+                for i, (p, leaf, lh) in enumerate(zip(fresh, leaves, hashes, strict=True))
+            ]
+            seq = size + len(fresh)
+            results = [AppendResult(known[p.uid], i not in new_at) for i, p in enumerate(items)]
             if rows:
                 # driver-level executemany: SQLAlchemy's per-row processing would cost
                 # more than the insert itself at this rate
@@ -612,7 +616,7 @@ class AuditStore:
                     )
                 self._set_meta(conn, "size", str(seq))
         self._tree = tree
-        return [r for r in results if r is not None]
+        return results
 
     def _set_meta(self, conn: Connection, key: str, value: str) -> None:
         updated = conn.execute(meta.update().where(meta.c.key == key).values(value=value))
