@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ class Pkcs11Signer:
     module: str
     token_label: str
     key_label: str
-    pin: str
+    pin: str = field(repr=False)  # never in a repr, a log line or a traceback
 
     def __post_init__(self) -> None:
         self._public: bytes | None = None

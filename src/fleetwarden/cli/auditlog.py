@@ -53,7 +53,7 @@ def _record(operation: str, message: str) -> None:
         )
 
 
-def _open(*, create_keys: bool = False) -> AuditLog:
+def _open(*, create_keys: bool = True) -> AuditLog:
     s = settings()
     require_init(s)
     return open_log(s.auditlog, s.data_dir, create_keys=create_keys)
@@ -206,7 +206,7 @@ def checkpoint(
     json_out: bool = JsonFlag,
 ) -> None:
     """Sign a checkpoint of the current log now and publish it to the anchors."""
-    log = _open(create_keys=not (show_only or key))
+    log = _open()
     try:
         if key:
             keys = {

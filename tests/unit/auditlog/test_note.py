@@ -94,3 +94,40 @@ def test_unknown_extra_signatures_are_ignored_and_cosignature_checked() -> None:
     )
     with pytest.raises(CheckpointError):
         verify_note(forged, [verifier_for(log)], witnesses=[wv])
+
+
+def test_key_file_created_0600_and_refused_when_readable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fleetwarden.auditlog.errors import SigningKeyError
+    from fleetwarden.auditlog.keys import load_or_create_file_key
+
+    path = tmp_path / "keys" / "ck.pem"
+    with pytest.raises(SigningKeyError, match="does not exist"):
+        load_or_create_file_key(path, "log", create=False)
+    s1 = load_or_create_file_key(path, "log")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_file_key(path, "log").public_key() == s1.public_key()
+    os.chmod(path, 0o644)
+    with pytest.raises(SigningKeyError, match="readable by others"):
+        load_or_create_file_key(path, "log")
+    other = tmp_path / "ec.pem"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(other, 0o600)
+    with pytest.raises(SigningKeyError, match="not an Ed25519 key"):
+        load_or_create_file_key(other, "log")
+    garbage = tmp_path / "g.pem"
+    garbage.write_text("nope")
+    os.chmod(garbage, 0o600)
+    with pytest.raises(SigningKeyError, match="cannot load"):
+        load_or_create_file_key(garbage, "log")
