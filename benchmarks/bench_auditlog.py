@@ -12,7 +12,7 @@ Baselines measured in the same run (the machine is shared and noisy):
 - raw SHA-256 of the same leaves (the hashing floor of verification);
 - one primary-key SELECT of a row (the floor of any proof read).
 
-    python benchmarks/bench_auditlog.py [--entries N] [--append N] [--pg-url URL] [--skip-pg]
+    python benchmarks/bench_auditlog.py [--entries N] [--append N] [--repeat R] [--pg-url URL] [--skip-pg]
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--append", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--repeat", type=int, default=3, help="append runs (best is reported)")
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--skip-pg", action="store_true")
     args = ap.parse_args()
@@ -140,26 +141,41 @@ def main() -> int:
     rows: list[tuple[str, str, str, str]] = []
     try:
         # 1. durable append ----------------------------------------------------------
-        events = make_events(args.append)
-        e2e, writer, leaf_len = bench_append(f"sqlite:///{tmp / 'append.db'}", events, args.batch)
         from fleetwarden.auditlog.store import canonical_json
 
+        events = make_events(args.append)
         leaves = [canonical_json(e.to_ocsf()) for e in events]
-        base = baseline_sqlite(tmp / "baseline.db", leaves, args.batch)
+        # the machine is shared: alternate runs of ours and of the baseline and report
+        # every run and the best, so a burst of someone else's load shows as spread
+        e2es: list[float] = []
+        writers: list[float] = []
+        bases: list[float] = []
+        for r in range(args.repeat):
+            e2e, writer, leaf_len = bench_append(
+                f"sqlite:///{tmp / f'append{r}.db'}", events, args.batch
+            )
+            e2es.append(e2e)
+            writers.append(writer)
+            bases.append(baseline_sqlite(tmp / f"baseline{r}.db", leaves, args.batch))
+        base = max(bases)
+
+        def runs(xs: list[float]) -> str:
+            return ", ".join(f"{x:,.0f}" for x in xs)
+
         rows.append(
             (
                 "durable append, SQLite, end to end (Event -> fsync'd, acked)",
-                f"{e2e:,.0f} events/s",
-                f"{base:,.0f} rows/s plain SQLite insert",
-                f"{e2e / base:.2f}",
+                f"best {max(e2es):,.0f} events/s (runs: {runs(e2es)})",
+                f"best {base:,.0f} rows/s plain SQLite insert (runs: {runs(bases)})",
+                f"{max(e2es) / base:.2f}",
             )
         )
         rows.append(
             (
                 "durable append, SQLite, writer only (pre-serialised)",
-                f"{writer:,.0f} events/s",
-                f"{base:,.0f} rows/s plain SQLite insert",
-                f"{writer / base:.2f}",
+                f"best {max(writers):,.0f} events/s (runs: {runs(writers)})",
+                f"best {base:,.0f} rows/s plain SQLite insert",
+                f"{max(writers) / base:.2f}",
             )
         )
         if not args.skip_pg:
