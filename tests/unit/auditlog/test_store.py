@@ -80,3 +80,14 @@ def test_checkpoints_are_signed_and_stored(store: AuditStore) -> None:
     rep = verify_log(store, VERIFIERS)
     assert rep.ok, rep.problems
     assert rep.checkpoints_checked == 3
+
+
+def test_verify_finds_damage_on_both_databases(store: AuditStore) -> None:
+    build(store, 300, cps=[100, 200])
+    assert verify_log(store, VERIFIERS).ok
+    sql(store, "UPDATE audit_entries SET leaf = :l WHERE seq = 150", l=b'{"forged":1}')
+    sql(store, "DELETE FROM audit_entries WHERE seq = 250")
+    rep = verify_log(store, VERIFIERS)
+    assert rep.first is not None
+    assert (rep.first.index, rep.first.kind) == (150, "edited")
+    assert (250, "deleted") in [(p.index, p.kind) for p in rep.problems]
