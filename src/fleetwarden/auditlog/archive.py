@@ -133,8 +133,6 @@ def verify_archive(
                 raise ArchiveError(f"archive entry {seq}: leaf does not carry its own seq")
             cover[(0, seq)] = merkle.leaf_hash(leaf)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        if isinstance(exc, ArchiveError):
-            raise
         raise ArchiveError(f"malformed archive: {exc!r}") from exc
     root = _root_from_cover(cover, cp.size)
     if root != cp.root:

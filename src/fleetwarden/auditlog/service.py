@@ -28,7 +28,7 @@ from fleetwarden.auditlog.checkpoint import (
 from fleetwarden.auditlog.config import AuditLogSettings
 from fleetwarden.auditlog.errors import CheckpointError, EntryNotFoundError
 from fleetwarden.auditlog.keys import make_signer, make_witness
-from fleetwarden.auditlog.note import ALG_COSIGNATURE_V1, Signer, Verifier, verifier_for
+from fleetwarden.auditlog.note import Signer, Verifier, verifier_for
 from fleetwarden.auditlog.store import AuditStore, meta
 from fleetwarden.auditlog.verify import VerifyReport, verify_log
 
@@ -159,4 +159,4 @@ def open_log(cfg: AuditLogSettings, data_dir: Path, *, create_keys: bool = True)
     return AuditLog(cfg, data_dir, store, signer, origin, cp, witness)
 
 
-__all__ = ["ALG_COSIGNATURE_V1", "AuditLog", "open_log"]
+__all__ = ["AuditLog", "open_log"]

@@ -13,7 +13,6 @@ header, ``=``, ``\\`` and newlines in extensions).
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 from collections.abc import Iterable, Iterator
@@ -336,11 +335,3 @@ def export(store: AuditStore, fmt: str, *, start: int = 0, end: int | None = Non
         raise ExportError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     for r in records(store, start, end):
         yield render(fmt, r)
-
-
-def parse_ocsf_line(line: str) -> dict[str, Any]:
-    """Read back one exported OCSF line (used by tests and SIEM-side checks)."""
-    obj = json.loads(line)
-    if not isinstance(obj, dict):
-        raise ValueError("not an object")
-    return obj
