@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleetwarden._internal.files import write_secret
+from fleetwarden._internal.files import ensure_private_dir, write_secret
 from fleetwarden.auditlog.errors import SigningKeyError
 from fleetwarden.auditlog.note import Ed25519Signer, Signer
 
@@ -36,6 +36,7 @@ def load_or_create_file_key(path: Path, name: str, *, create: bool = True) -> Ed
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        ensure_private_dir(path.parent)
         write_secret(path, pem)
         return Ed25519Signer(name, key)
     mode = path.stat().st_mode
