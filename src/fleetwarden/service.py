@@ -79,6 +79,10 @@ class OutboxRelay:
             else:
                 await ctx.bus.publish(event)
             done.append(row_id)
+        # mark relayed only once consumers handled them (the audit log acks durably)
+        drain = getattr(ctx.bus, "drain", None)
+        if done and drain is not None:
+            await drain()
         await run_in_threadpool(ctx.registry.mark_relayed, done)
         return len(done)
 
@@ -109,7 +113,10 @@ class OutboxRelay:
 
 def components(settings: Settings) -> list[Component]:
     """Every component ``up`` runs, in start order. Controls add themselves here."""
-    return [OutboxRelay()]
+    from fleetwarden.auditlog.component import AuditLogComponent
+
+    # the audit log starts before (and so stops after) the relay that feeds it
+    return [*([AuditLogComponent()] if settings.auditlog.enabled else []), OutboxRelay()]
 
 
 async def serve(

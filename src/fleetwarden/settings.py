@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleetwarden.auditlog.config import AuditLogSettings
 from fleetwarden.errors import ConfigError
 
 CONFIG_FILE = "fleetwarden.toml"
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
     )
     import_batch_size: int = Field(default=5000, ge=1, le=100_000)
     log_level: str = "info"
+    auditlog: AuditLogSettings = Field(default_factory=AuditLogSettings)
 
     @field_validator("log_level")
     @classmethod
