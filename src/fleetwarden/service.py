@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -23,8 +25,8 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from fleetwarden.api import create_app
-from fleetwarden.errors import ConfigError
-from fleetwarden.events import Event, EventBus, create_bus
+from fleetwarden.errors import ConfigError, Error
+from fleetwarden.events import Event, EventBus, Severity, create_bus, detection_finding
 from fleetwarden.registry import Registry
 from fleetwarden.settings import Settings
 
@@ -74,10 +76,12 @@ class OutboxRelay:
         for row_id, payload in rows:
             try:
                 event = Event.from_ocsf(payload)
-            except Exception:
-                log.error("outbox row %d is not a valid event; skipped and marked", row_id)
-            else:
-                await ctx.bus.publish(event)
+            except Error as exc:
+                # A damaged row is itself a security fact: it goes on the bus (and so
+                # into the audit log) as a finding naming the row, never silently away.
+                log.error("outbox row %d is not a valid event: %s", row_id, exc)
+                event = malformed_outbox_finding(row_id, payload, str(exc))
+            await ctx.bus.publish(event)
             done.append(row_id)
         # mark relayed only once consumers handled them (the audit log acks durably)
         drain = getattr(ctx.bus, "drain", None)
@@ -109,6 +113,21 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def malformed_outbox_finding(row_id: int, payload: object, reason: str) -> Event:
+    raw = json.dumps(payload, sort_keys=True, default=str).encode()
+    return detection_finding(
+        title=f"outbox row {row_id} is not a valid event",
+        uid=f"outbox-malformed-{row_id}",
+        severity=Severity.HIGH,
+        evidence={
+            "row_id": row_id,
+            "reason": reason[:500],
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "excerpt": raw[:256].decode(errors="replace"),
+        },
+    )
 
 
 def components(settings: Settings) -> list[Component]:
