@@ -3,11 +3,13 @@
 For each device and each metric in :data:`BASELINE_METRICS` the baseline keeps, in log
 space (``log1p`` of the per-window count, so heavy-tailed counts become tame):
 
-- a level per hour of day (24 values), plus one weekend offset: the daily pattern and
-  the weekly one (weekday/weekend), ~ an hour-of-week profile at a seventh of the size;
+- a level per hour of day for weekdays and another for weekends (48 values): the daily
+  pattern and the weekly one, an hour-of-week profile at two sevenths of the size;
 - a robust scale per 6-hour block: the mean absolute deviation of residuals, each
   clipped at ``CLIP`` scales (Huber), i.e. a streaming M-estimate between mean/MAD and
   median/MAD: one outlier moves it by a bounded step;
+- byte counts divided by a learned bytes-per-message unit, so they share the Poisson
+  behaviour of message counts (``U_OFF``);
 - a one-sided CUSUM of the standardised residual, which catches sustained moderate
   increases (slow-drip exfiltration) that no single window shows.
 
@@ -38,7 +40,6 @@ from fleetwarden.detect.metrics import MetricWindow
 
 BASELINE_METRICS = (
     "messages_sent",
-    "messages_received",
     "bytes_sent",
     "bytes_out",
     "connection_attempts",
@@ -46,9 +47,14 @@ BASELINE_METRICS = (
     "authz_failures",
 )
 NM = len(BASELINE_METRICS)
-STRIDE = 30  # 24 hourly levels, 4 block scales, weekend offset, cusum
-W_OFF = 28
-C_OFF = 29
+STRIDE = 54  # 24 weekday + 24 weekend hourly levels, 4 block scales, cusum, byte unit
+S_OFF = 48
+C_OFF = 52
+U_OFF = 53
+#: byte metrics are judged in "message equivalents" (bytes / learned bytes per message):
+#: bytes are a compound count, zero-inflated at low rates (0 or a whole payload), which
+#: a log scale alone would read as wild swings
+BYTE_METRICS = {1: 0, 2: 0}  # metric index -> index of the message count it rides on
 CLIP = 3.0
 #: novelty kinds and their slot counts in the hash array
 NOVELTY = (
@@ -230,6 +236,7 @@ class Baselines:
         learning = b.n < cfg.learning_windows
         findings: list[Finding] = []
         hour, block, weekend = _hour_parts(mw.start)
+        slot = hour + 24 if weekend else hour
         gkey = groups[0] if groups else "*"
         gp = self.groups.get(gkey)
         if gp is None:
@@ -242,19 +249,29 @@ class Baselines:
         lv = b.lv
         glv = gp.lv
         last_z = self.last_z
-        n_hour = b.n // 24 + 1
-        alpha = max(1.0 / n_hour, cfg.alpha_min)
-        galpha = max(1.0 / (gp.n // 24 + 1), cfg.alpha_min / 4)
+        # samples this hour bucket has seen, approximately: 5/7 or 2/7 of n spread on 24
+        n_slot = (b.n * (2 if weekend else 5)) // 168 + 1
+        alpha = max(1.0 / n_slot, cfg.alpha_min)
+        galpha = max(1.0 / ((gp.n * (2 if weekend else 5)) // 168 + 1), cfg.alpha_min / 4)
         for i in range(NM):
             raw = getattr(mw, BASELINE_METRICS[i])
             if raw is None:
                 last_z[i] = 0.0
                 continue
-            x = math.log1p(raw)
             base = i * STRIDE
+            if i in BYTE_METRICS:
+                unit = lv[base + U_OFF]
+                msgs = getattr(mw, BASELINE_METRICS[BYTE_METRICS[i]])
+                if msgs and (learning or not (b.alarm >> i) & 1):
+                    ratio = raw / msgs
+                    ua = 1.0 / (b.n + 1) if learning else 0.001
+                    unit = lv[base + U_OFF] = unit + max(ua, 0.001) * (ratio - unit)
+                x = math.log1p(raw / unit) if unit > 1.0 else math.log1p(raw / 512.0)
+            else:
+                x = math.log1p(raw)
             # the group profile learns from everyone (cold-start prior)
-            gl = glv[base + hour] + (glv[base + W_OFF] if weekend else 0.0)
-            gs = glv[base + 24 + block]
+            gl = glv[base + slot]
+            gs = glv[base + S_OFF + block]
             gr = x - gl
             glim = CLIP * max(gs, floor)
             gclip = gr if -glim < gr < glim else math.copysign(glim, gr)
@@ -277,8 +294,8 @@ class Baselines:
                         )
                     elif gz < z_alarm:
                         b.alarm &= ~(1 << i)
-            level = lv[base + hour] + (lv[base + W_OFF] if weekend else 0.0)
-            scale = lv[base + 24 + block]
+            level = lv[base + slot]
+            scale = lv[base + S_OFF + block]
             r = x - level
             # Poisson floor: a count near 1 cannot be judged with a 12 % scale
             s = max(1.25 * scale, floor, 0.5 / math.sqrt(1.0 + math.expm1(level)))
@@ -308,20 +325,18 @@ class Baselines:
                         )
                 elif (b.alarm >> i) & 1 and z < 2.0 and cus == 0.0:
                     b.alarm &= ~(1 << i)
-            if not anomalous and not (b.alarm >> i) & 1:
+            if not anomalous:
                 lim = CLIP * max(scale, floor)
                 rc = r if -lim < r < lim else math.copysign(lim, r)
-                if weekend:
-                    lv[base + W_OFF] += alpha * 0.25 * rc
-                else:
-                    lv[base + hour] += alpha * rc
-                lv[base + 24 + block] += alpha * 0.5 * ((rc if rc > 0 else -rc) - scale)
+                if (b.alarm >> i) & 1:
+                    # a shift that persists is absorbed over days, never within an attack
+                    lv[base + slot] += cfg.alpha_min * 0.25 * rc
+                    continue
+                lv[base + slot] += alpha * rc
+                lv[base + S_OFF + block] += alpha * 0.5 * ((rc if rc > 0 else -rc) - scale)
             # group profile
-            if weekend:
-                glv[base + W_OFF] += galpha * 0.1 * gclip
-            else:
-                glv[base + hour] += galpha * 0.2 * gclip
-            glv[base + 24 + block] += galpha * 0.2 * ((gclip if gclip > 0 else -gclip) - gs)
+            glv[base + slot] += galpha * 0.2 * gclip
+            glv[base + S_OFF + block] += galpha * 0.2 * ((gclip if gclip > 0 else -gclip) - gs)
         gp.n += 1
         self._novelty(b, mw, cfg, learning, findings)
         b.n += 1
