@@ -114,37 +114,41 @@ class Finding:
 class DeviceBaseline:
     """The whole learned state of one device (see module docstring)."""
 
-    __slots__ = ("alarm", "h", "lv", "n", "open_kinds")
+    __slots__ = ("alarm", "c", "h", "lv", "n", "open_kinds")
 
     def __init__(self, init: array | None = None) -> None:  # type: ignore[type-arg]
         self.lv = array("f", init) if init is not None else array("f", bytes(4 * NM * STRIDE))
         self.h = array("I", bytes(4 * NSLOTS))
         self.n = 0
+        # samples per hour bucket (saturating at 255): each bucket learns at its own pace
+        self.c = bytearray(48)
         self.alarm = 0  # bit i: metric i in alarm
         self.open_kinds = 0  # bit j: novelty kind j saturated during learning
 
     def to_bytes(self) -> bytes:
         """Serialised form (persistence, sharding hand-over)."""
-        head = self.n.to_bytes(4, "little") + self.alarm.to_bytes(2, "little")
+        head = self.n.to_bytes(4, "little") + bytes(self.c)
+        head += self.alarm.to_bytes(2, "little")
         return head + self.open_kinds.to_bytes(2, "little") + self.lv.tobytes() + self.h.tobytes()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> DeviceBaseline:
         b = cls()
         b.n = int.from_bytes(raw[0:4], "little")
-        b.alarm = int.from_bytes(raw[4:6], "little")
-        b.open_kinds = int.from_bytes(raw[6:8], "little")
+        b.c = bytearray(raw[4:52])
+        b.alarm = int.from_bytes(raw[52:54], "little")
+        b.open_kinds = int.from_bytes(raw[54:56], "little")
         nlv = 4 * NM * STRIDE
         b.lv = array("f")
-        b.lv.frombytes(raw[8 : 8 + nlv])
+        b.lv.frombytes(raw[56 : 56 + nlv])
         b.h = array("I")
-        b.h.frombytes(raw[8 + nlv : 8 + nlv + 4 * NSLOTS])
+        b.h.frombytes(raw[56 + nlv : 56 + nlv + 4 * NSLOTS])
         return b
 
 
 def state_bytes(b: DeviceBaseline) -> int:
     """In-memory size of one device's state: the object and its two arrays."""
-    return sys.getsizeof(b) + sys.getsizeof(b.lv) + sys.getsizeof(b.h)
+    return sys.getsizeof(b) + sys.getsizeof(b.lv) + sys.getsizeof(b.h) + sys.getsizeof(b.c)
 
 
 def _crc(s: str) -> int:
@@ -249,10 +253,9 @@ class Baselines:
         lv = b.lv
         glv = gp.lv
         last_z = self.last_z
-        # samples this hour bucket has seen, approximately: 5/7 or 2/7 of n spread on 24
-        n_slot = (b.n * (2 if weekend else 5)) // 168 + 1
+        n_slot = b.c[slot] + 1
         alpha = max(1.0 / n_slot, cfg.alpha_min)
-        galpha = max(1.0 / ((gp.n * (2 if weekend else 5)) // 168 + 1), cfg.alpha_min / 4)
+        galpha = max(1.0 / (gp.c[slot] + 1), cfg.alpha_min / 4)
         for i in range(NM):
             raw = getattr(mw, BASELINE_METRICS[i])
             if raw is None:
@@ -273,27 +276,26 @@ class Baselines:
             gl = glv[base + slot]
             gs = glv[base + S_OFF + block]
             gr = x - gl
-            glim = CLIP * max(gs, floor)
+            glim = CLIP * max(gs, floor) if galpha < 0.3 else 1e9
             gclip = gr if -glim < gr < glim else math.copysign(glim, gr)
-            if learning:
-                # judge against the group, with a wide margin: it is a prior, not a baseline
-                if gp.n > cfg.learning_windows and gs > 0:
-                    gz = gr / max(1.25 * gs, floor, 0.5 / math.sqrt(1.0 + math.expm1(gl)))
-                    if gz > 2 * z_alarm and not (b.alarm >> i) & 1:
-                        b.alarm |= 1 << i
-                        findings.append(
-                            Finding(
-                                "cold_start",
-                                mw.device_id,
-                                mw.start,
-                                BASELINE_METRICS[i],
-                                raw,
-                                round(math.expm1(gl), 1),
-                                round(gz, 1),
-                            )
+            # while learning, judge against the group with a wide margin: a prior only
+            if learning and gp.n > cfg.learning_windows and gs > 0:
+                gz = gr / max(1.25 * gs, floor, 0.5 / math.sqrt(1.0 + math.expm1(gl)))
+                if gz > 2 * z_alarm and not (b.alarm >> i) & 1:
+                    b.alarm |= 1 << i
+                    findings.append(
+                        Finding(
+                            "cold_start",
+                            mw.device_id,
+                            mw.start,
+                            BASELINE_METRICS[i],
+                            raw,
+                            round(math.expm1(gl), 1),
+                            round(gz, 1),
                         )
-                    elif gz < z_alarm:
-                        b.alarm &= ~(1 << i)
+                    )
+                elif gz < z_alarm:
+                    b.alarm &= ~(1 << i)
             level = lv[base + slot]
             scale = lv[base + S_OFF + block]
             r = x - level
@@ -326,7 +328,8 @@ class Baselines:
                 elif (b.alarm >> i) & 1 and z < 2.0 and cus == 0.0:
                     b.alarm &= ~(1 << i)
             if not anomalous:
-                lim = CLIP * max(scale, floor)
+                # the first samples of a bucket set it outright; Huber clipping after that
+                lim = CLIP * max(scale, floor) if n_slot > 3 else 1e9
                 rc = r if -lim < r < lim else math.copysign(lim, r)
                 if (b.alarm >> i) & 1:
                     # a shift that persists is absorbed over days, never within an attack
@@ -340,6 +343,10 @@ class Baselines:
         gp.n += 1
         self._novelty(b, mw, cfg, learning, findings)
         b.n += 1
+        if b.c[slot] < 255:
+            b.c[slot] += 1
+        if gp.c[slot] < 255:
+            gp.c[slot] += 1
         return findings
 
     def _novelty(

@@ -103,6 +103,38 @@ def _from_finding(f: Finding) -> Signal:
 
 
 _ORDER = list(AlertSeverity)
+#: deviations of correlated metrics are one alert: one event moves them together
+FAMILY = {
+    "messages_sent": "volume",
+    "bytes_sent": "volume",
+    "bytes_out": "volume",
+    "connection_attempts": "connections",
+    "auth_failures": "auth",
+    "authz_failures": "auth",
+}
+
+
+def _merge(signals: list[Signal]) -> list[Signal]:
+    merged: dict[str, Signal] = {}
+    out: list[Signal] = []
+    for sig in signals:
+        if not sig.key.startswith(("baseline:", "cold_start:")):
+            out.append(sig)
+            continue
+        kind, metric = sig.key.split(":", 1)
+        fam = f"{kind}:{FAMILY.get(metric, metric)}"
+        first = merged.get(fam)
+        if first is None:
+            sig.key = fam
+            sig.evidence = {"metrics": {metric: sig.evidence}}
+            merged[fam] = sig
+            out.append(sig)
+        else:
+            first.evidence["metrics"][metric] = sig.evidence
+            if _ORDER.index(sig.severity) > _ORDER.index(first.severity):
+                first.severity = sig.severity
+            first.title += f"; {metric}"
+    return out
 
 
 class Detector:
@@ -134,11 +166,13 @@ class Detector:
         out = [_from_rule(ev) for ev in self.rules.evaluate(mw, groups)]
         findings = self.baselines.observe(mw, groups)
         if findings:
-            out += [_from_finding(f) for f in findings]
+            out += _merge([_from_finding(f) for f in findings])
         if self.second is not None:
             self.second.z = self.baselines.last_z
             score = self.second.observe(groups, flagged=bool(out))
-            for sig in out if score is not None else ():
+            for sig in out:
+                if score is None:
+                    break
                 if sig.kind == "alarm":
                     sig.evidence["multivariate_score"] = round(score, 3)
                     if score >= self.second.threshold:

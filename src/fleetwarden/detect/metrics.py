@@ -249,9 +249,7 @@ def parse_window(
     mw.source_ips, mw.source_ips_total = _str_list(obj, "source_ips", dev, _ip)
     mw.topics, mw.topics_total = _str_list(obj, "topics", dev, _topic)
     mw.destinations, mw.destinations_total = _str_list(obj, "destinations", dev, _ip)
-    mw.listening_ports, mw.listening_ports_total = _str_list(
-        obj, "listening_ports", dev, _port
-    )
+    mw.listening_ports, mw.listening_ports_total = _str_list(obj, "listening_ports", dev, _port)
     mw.cert_fingerprint = _short(obj, "cert_fingerprint", dev)
     mw.firmware_version = _short(obj, "firmware_version", dev)
     custom = obj.get("custom")
@@ -262,7 +260,9 @@ def parse_window(
         for key in custom:
             if key not in allowed:
                 raise MetricRejectedError(
-                    "unknown_custom", f"custom metric {str(key)[:64]!r} is not declared", device_id=dev
+                    "unknown_custom",
+                    f"custom metric {str(key)[:64]!r} is not declared",
+                    device_id=dev,
                 )
             v = _count(custom, key, dev)
             if v is not None:

@@ -342,7 +342,7 @@ class RuleEngine:
                 if thr is None:
                     return None
             else:
-                thr = rule.value  # type: ignore[assignment]
+                thr = rule.value
             assert thr is not None
             return _violates(rule.comparison, v, thr), v, thr
         if c.kind == "cidr":
@@ -351,9 +351,7 @@ class RuleEngine:
                 return None
             inside = rule.comparison == "in-cidr-set"
             bad = [
-                a
-                for a in addrs
-                if any(ipaddress.ip_address(a) in n for n in c.cidrs) is not inside
+                a for a in addrs if any(ipaddress.ip_address(a) in n for n in c.cidrs) is not inside
             ]
             return bool(bad), bad or list(addrs), rule.cidrs
         ports = mw.listening_ports

@@ -161,7 +161,7 @@ class Fleet:
         self.seed = seed
         self.p = fleet or FleetParams()
         self.s = scen or ScenarioParams()
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 (simulation, not crypto)
         # start on a Monday 00:00 UTC, a random week, so weekday logic is exercised
         self.t0 = (1_767_571_200 + self.rng.randrange(0, 52) * 7 * DAY) // 300 * 300
         self.n_windows = self.p.days * 288
@@ -222,9 +222,7 @@ class Fleet:
                 if scenario == "off_hours":
                     # start inside the device's quiet hours and stay in them
                     for _ in range(400):
-                        if all(
-                            _quiet(d, self.t0 + (st + k) * 300) for k in range(n)
-                        ):
+                        if all(_quiet(d, self.t0 + (st + k) * 300) for k in range(n)):
                             break
                         st = r.randrange(start_min, self.n_windows - n - p.grace)
                     else:
@@ -264,20 +262,28 @@ class Fleet:
         if scenario == "cloned_cert":
             return {"src": _public_ip(r), "factor": r.uniform(*s.clone_msgs_factor)}
         if scenario == "exfil_burst":
-            return {"factor": r.uniform(*s.burst_factor), "new_dest": r.random() < 0.5,
-                    "dest": _public_ip(r)}
+            return {
+                "factor": r.uniform(*s.burst_factor),
+                "new_dest": r.random() < 0.5,
+                "dest": _public_ip(r),
+            }
         if scenario == "slow_drip":
-            return {"factor": r.uniform(*s.drip_factor),
-                    "new_dest": r.random() < s.drip_new_destination, "dest": _public_ip(r),
-                    "via_mqtt": r.random() < 0.5}
+            return {
+                "factor": r.uniform(*s.drip_factor),
+                "new_dest": r.random() < s.drip_new_destination,
+                "dest": _public_ip(r),
+                "via_mqtt": r.random() < 0.5,
+            }
         if scenario == "topic_scan":
             return {"topics": r.randint(*s.scan_topics), "denied": r.uniform(*s.scan_denied)}
         if scenario == "off_hours":
             return {"factor": r.uniform(*s.offhours_factor)}
         if scenario == "backdoor_port":
             return {"port": f"{r.choice(['tcp', 'udp'])}/{r.randrange(1024, 65536)}"}
-        return {"what": r.choice(["certificate", "firmware"]),
-                "value": f"sha256:{r.getrandbits(128):032x}"}
+        return {
+            "what": r.choice(["certificate", "firmware"]),
+            "value": f"sha256:{r.getrandbits(128):032x}",
+        }
 
     def windows(self) -> Any:
         """Yield (window index, [(MetricWindow, groups, attack or None)]) in time order;
@@ -354,7 +360,8 @@ class Fleet:
 
 
 def _public_ip(r: random.Random) -> str:
-    return f"{r.choice([31, 45, 91, 185, 203])}.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}"
+    first = r.choice([31, 45, 91, 185, 203])
+    return f"{first}.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}"
 
 
 def _inject(a: Attack, mw: MetricWindow, d: _Dev, act: float, r: random.Random) -> None:
@@ -463,7 +470,8 @@ class Evaluation:
 
     def table(self) -> str:
         lines = [
-            "| scenario | instances | recall | precision | F1 | latency p50 | latency p95 (windows) |",
+            "| scenario | instances | recall | precision | F1 | latency p50 "
+            "| latency p95 (windows) |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name in SCENARIOS:
@@ -515,12 +523,28 @@ class Evaluation:
 def default_rules() -> list[Rule]:
     """The rules the evaluation runs with (also shipped as docs example)."""
     return [
-        Rule(name="auth-failures", metric="auth_failures", comparison="less-than", value=5,
-             severity="high"),  # type: ignore[arg-type]
-        Rule(name="authz-failures", metric="authz_failures", comparison="less-than", value=10,
-             severity="medium"),  # type: ignore[arg-type]
-        Rule(name="many-sources", metric="source_ip_count", comparison="less-than-equals",
-             value=2, consecutive_to_alarm=2, severity="medium"),  # type: ignore[arg-type]
+        Rule(
+            name="auth-failures",
+            metric="auth_failures",
+            comparison="less-than",
+            value=5,
+            severity="high",
+        ),
+        Rule(
+            name="authz-failures",
+            metric="authz_failures",
+            comparison="less-than",
+            value=10,
+            severity="medium",
+        ),
+        Rule(
+            name="many-sources",
+            metric="source_ip_count",
+            comparison="less-than-equals",
+            value=2,
+            consecutive_to_alarm=2,
+            severity="medium",
+        ),
     ]
 
 
