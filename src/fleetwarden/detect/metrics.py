@@ -169,7 +169,8 @@ def _str_list(
             raise MetricRejectedError(
                 "bad_value", f"{name}: {item[:64]!r} is invalid", device_id=device
             ) from exc
-    total_raw = obj.get(name + "_total", max(len(raw), len(seen)))
+    # entries past the scanned prefix are counted, not parsed (a flood costs nothing)
+    total_raw = obj.get(name + "_total", len(seen) + max(0, len(raw) - cap * 4))
     total = (
         total_raw
         if isinstance(total_raw, int) and not isinstance(total_raw, bool) and total_raw >= 0
