@@ -270,8 +270,17 @@ class Baselines:
                     ua = 1.0 / (b.n + 1) if learning else 0.001
                     unit = lv[base + U_OFF] = unit + max(ua, 0.001) * (ratio - unit)
                 x = math.log1p(raw / unit) if unit > 1.0 else math.log1p(raw / 512.0)
+                if msgs is not None:
+                    # bytes per message: the device's own traffic noise cancels out, so
+                    # extra bytes riding on normal messages (slow drip) stand out; with
+                    # few messages the fixed per-window overhead dominates, hence the floor
+                    x -= math.log1p(msgs)
+                    count_floor = 0.5 / math.sqrt(1.0 + msgs)
+                else:
+                    count_floor = 0.5 / math.sqrt(1.0 + math.expm1(lv[base + slot]))
             else:
                 x = math.log1p(raw)
+                count_floor = 0.5 / math.sqrt(1.0 + math.expm1(lv[base + slot]))
             # the group profile learns from everyone (cold-start prior)
             gl = glv[base + slot]
             gs = glv[base + S_OFF + block]
@@ -300,7 +309,7 @@ class Baselines:
             scale = lv[base + S_OFF + block]
             r = x - level
             # Poisson floor: a count near 1 cannot be judged with a 12 % scale
-            s = max(1.25 * scale, floor, 0.5 / math.sqrt(1.0 + math.expm1(level)))
+            s = max(1.25 * scale, floor, count_floor)
             z = r / s
             last_z[i] = z
             anomalous = False
