@@ -58,10 +58,10 @@ BYTE_METRICS = {1: 0, 2: 0}  # metric index -> index of the message count it rid
 CLIP = 3.0
 #: novelty kinds and their slot counts in the hash array
 NOVELTY = (
-    ("source_network", 8),
-    ("topic", 24),
-    ("destination", 16),
-    ("listening_port", 12),
+    ("source_network", 6),
+    ("topic", 16),
+    ("destination", 12),
+    ("listening_port", 10),
     ("certificate", 2),
     ("firmware", 2),
 )
@@ -114,16 +114,19 @@ class Finding:
 class DeviceBaseline:
     """The whole learned state of one device (see module docstring)."""
 
-    __slots__ = ("alarm", "c", "h", "lv", "n", "open_kinds")
+    __slots__ = ("alarm", "c", "fp", "h", "lv", "n", "open_kinds")
 
     def __init__(self, init: array | None = None) -> None:  # type: ignore[type-arg]
-        self.lv = array("f", init) if init is not None else array("f", bytes(4 * NM * STRIDE))
+        self.lv = init[:] if init is not None else array("f", bytes(4 * NM * STRIDE))
         self.h = array("I", bytes(4 * NSLOTS))
         self.n = 0
         # samples per hour bucket (saturating at 255): each bucket learns at its own pace
         self.c = bytearray(48)
         self.alarm = 0  # bit i: metric i in alarm
         self.open_kinds = 0  # bit j: novelty kind j saturated during learning
+        # hash of the last window's identity items once all were known: a device that
+        # repeats itself (the common case) skips novelty work entirely; not persisted
+        self.fp = 0
 
     def to_bytes(self) -> bytes:
         """Serialised form (persistence, sharding hand-over)."""
@@ -366,6 +369,18 @@ class Baselines:
         learning: bool,
         findings: list[Finding],
     ) -> None:
+        fp = hash(
+            (
+                mw.source_ips,
+                mw.topics,
+                mw.destinations,
+                mw.listening_ports,
+                mw.cert_fingerprint,
+                mw.firmware_version,
+            )
+        )
+        if fp == b.fp and not learning:
+            return
         kinds = cfg.novelty
         items: list[tuple[str, str]] = []
         if "source_network" in kinds:
@@ -388,6 +403,7 @@ class Baselines:
             items.append(("firmware", mw.firmware_version))
         if not items:
             return
+        b.fp = fp
         new: dict[str, list[str]] = {}
         for kind, value in items:
             hv = _crc(value)
@@ -402,9 +418,9 @@ class Baselines:
             if b.open_kinds & bit:
                 continue
             new.setdefault(kind, []).append(value)
-            if not self._remember(b, kind, hv, replace=replace):
-                off, n = _NOV_OFF[kind]
-                b.h[off + hv % n] = hv
+            # remembered while there is room; never at the expense of a learned value
+            # (a topic scan must not push the device's real topics out)
+            self._remember(b, kind, hv, replace=replace)
         for kind, values in new.items():
             findings.append(
                 Finding(

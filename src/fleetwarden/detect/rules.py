@@ -229,6 +229,7 @@ class _Compiled:
     __slots__ = (
         "cidrs",
         "groups",
+        "inside_cache",
         "kind",
         "ports",
         "q",
@@ -250,6 +251,8 @@ class _Compiled:
         self.cidrs = [ipaddress.ip_network(c, strict=False) for c in rule.cidrs]
         self.ports = frozenset(_norm_port(p) for p in rule.ports)
         self.q = STATISTICS.get(rule.statistic or "")
+        # address -> inside any CIDR; bounded (cleared when large), addresses repeat a lot
+        self.inside_cache: dict[str, bool] = {}
         self.sketches: dict[str, QuantileSketch] = {}
         # device -> [violating streak, normal streak, in alarm, duration ring or None]
         self.state: dict[str, list[Any]] = {}
@@ -350,9 +353,17 @@ class RuleEngine:
             if not addrs:
                 return None
             inside = rule.comparison == "in-cidr-set"
-            bad = [
-                a for a in addrs if any(ipaddress.ip_address(a) in n for n in c.cidrs) is not inside
-            ]
+            cache = c.inside_cache
+            bad = []
+            for a in addrs:
+                hit = cache.get(a)
+                if hit is None:
+                    if len(cache) > 65536:
+                        cache.clear()
+                    ip = ipaddress.ip_address(a)
+                    hit = cache[a] = any(ip in n for n in c.cidrs)
+                if hit is not inside:
+                    bad.append(a)
             return bool(bad), bad or list(addrs), rule.cidrs
         ports = mw.listening_ports
         if not ports and mw.listening_ports_total == 0:

@@ -164,6 +164,8 @@ class Fleet:
         self.rng = random.Random(seed)  # noqa: S311 (simulation, not crypto)
         # start on a Monday 00:00 UTC, a random week, so weekday logic is exercised
         self.t0 = (1_767_571_200 + self.rng.randrange(0, 52) * 7 * DAY) // 300 * 300
+        if self.p.days < self.p.learning_days + 1:
+            raise ValueError("the run must last at least one day longer than learning")
         self.n_windows = self.p.days * 288
         self.devices = [self._device(i) for i in range(self.p.devices)]
         self.attacks: list[Attack] = []
@@ -178,7 +180,7 @@ class Fleet:
         agent = r.random() < self.p.agent_fraction
         did = f"dev-{i:05d}"
         joins = 0
-        if r.random() < self.p.join_fraction:
+        if r.random() < self.p.join_fraction and self.n_windows - 288 > self.p.learning_days * 288:
             joins = r.randrange(self.p.learning_days * 288, self.n_windows - 288)
         return _Dev(
             id=did,
@@ -218,6 +220,8 @@ class Fleet:
                 if not pick(d):
                     continue
                 n = r.randint(*length)
+                if self.n_windows - n - p.grace <= start_min:
+                    continue  # the run is too short for this instance
                 st = r.randrange(start_min, self.n_windows - n - p.grace)
                 if scenario == "off_hours":
                     # start inside the device's quiet hours and stay in them
@@ -250,7 +254,7 @@ class Fleet:
                 self.renewals.setdefault(w, []).append((d.id, f"sha256:{r.getrandbits(128):032x}"))
         groups = sorted({d.group for d in self.devices})
         for g in r.sample(groups, min(p.rollout_groups, len(groups))):
-            w0 = r.randrange(start_min, self.n_windows - 288)
+            w0 = r.randrange(start_min, max(start_min + 1, self.n_windows - 288))
             for d in self.devices:
                 if d.group == g:
                     self.rollouts.setdefault(w0 + r.randrange(0, 288), []).append((d.id, "1.5.0"))

@@ -7,6 +7,7 @@ call out to a real local HTTP server, an automatic quarantine in the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -96,8 +97,12 @@ def test_metrics_to_alert_to_signed_webhook_and_quarantine(
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
             bad = [
-                {"device_id": "cam-1", "start": now - 300, "auth_failures": 250,
-                 "source_ips": ["185.2.3.4"]},
+                {
+                    "device_id": "cam-1",
+                    "start": now - 300,
+                    "auth_failures": 250,
+                    "source_ips": ["185.2.3.4"],
+                },
                 {"device_id": "ghost", "start": now - 300, "auth_failures": 1},
                 {"device_id": "cam-1", "start": now + 86400, "auth_failures": 1},
                 {"device_id": "cam-1", "start": now - 300, "auth_failures": -4},
@@ -113,10 +118,8 @@ def test_metrics_to_alert_to_signed_webhook_and_quarantine(
             status = (await c.get("/v1/detect/status")).json()
             alerts = (await c.get("/v1/alerts")).json()
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         return {"result": result, "status": status, "alerts": alerts}
 
     out = asyncio.run(scenario())

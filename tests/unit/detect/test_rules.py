@@ -41,7 +41,10 @@ def test_static_threshold_with_streaks() -> None:
 
 def test_duration_windows_sum() -> None:
     r = Rule(
-        name="bytes", metric="bytes_out", comparison="less-than-equals", value=1000,
+        name="bytes",
+        metric="bytes_out",
+        comparison="less-than-equals",
+        value=1000,
         duration_windows=3,
     )
     eng = RuleEngine([r])
@@ -54,25 +57,38 @@ def test_duration_windows_sum() -> None:
 def test_cidr_and_port_sets() -> None:
     eng = RuleEngine(
         [
-            Rule(name="apn", metric="source_ips", comparison="in-cidr-set",
-                 cidrs=["10.64.0.0/10"]),
-            Rule(name="ports", metric="listening_ports", comparison="in-port-set",
-                 ports=["tcp/22", "123"]),
+            Rule(name="apn", metric="source_ips", comparison="in-cidr-set", cidrs=["10.64.0.0/10"]),
+            Rule(
+                name="ports",
+                metric="listening_ports",
+                comparison="in-port-set",
+                ports=["tcp/22", "123"],
+            ),
         ]
     )
-    ok = w(0, source_ips=("10.70.1.1",), listening_ports=("tcp/22", "udp/123"),
-           listening_ports_total=2)
+    ok = w(
+        0, source_ips=("10.70.1.1",), listening_ports=("tcp/22", "udp/123"), listening_ports_total=2
+    )
     assert eng.evaluate(ok) == []
-    bad = w(1, source_ips=("10.70.1.1", "185.1.2.3"), listening_ports=("tcp/22", "tcp/4444"),
-            listening_ports_total=2)
+    bad = w(
+        1,
+        source_ips=("10.70.1.1", "185.1.2.3"),
+        listening_ports=("tcp/22", "tcp/4444"),
+        listening_ports_total=2,
+    )
     ev = eng.evaluate(bad)
     assert {e.rule.name for e in ev} == {"apn", "ports"}
     assert {tuple(e.value) for e in ev} == {("185.1.2.3",), ("tcp/4444",)}
 
 
 def test_peer_group_statistical_threshold() -> None:
-    r = Rule(name="p99", metric="messages_sent", comparison="less-than-equals",
-             statistic="p99", groups=["meters"])
+    r = Rule(
+        name="p99",
+        metric="messages_sent",
+        comparison="less-than-equals",
+        statistic="p99",
+        groups=["meters"],
+    )
     eng = RuleEngine([r], epoch_windows=10)
     # epoch 0: 50 devices x 10 windows with 10..59 messages; no threshold yet
     for i in range(10):
@@ -108,16 +124,38 @@ def test_rules_file_toml_and_yaml(tmp_path: Path) -> None:
     [
         ({"name": "x", "metric": "auth_failures", "comparison": "less-than"}, "exactly one"),
         ({"name": "x", "metric": "topics", "comparison": "less-than", "value": 1}, "numeric"),
-        ({"name": "x", "metric": "source_ips", "comparison": "in-cidr-set",
-          "cidrs": ["nope"]}, "rule #1"),
-        ({"name": "x", "metric": "auth_failures", "comparison": "less-than", "value": 1,
-          "statistic": "p99"}, "exactly one"),
-        ({"name": "x", "metric": "auth_failures", "comparison": "between", "value": 1},
-         "unknown comparison"),
-        ({"name": "bad name!", "metric": "auth_failures", "comparison": "less-than",
-          "value": 1}, "name"),
-        ({"name": "x", "metric": "auth_failures", "comparison": "less-than", "value": 1,
-          "extra": 1}, "extra"),
+        (
+            {"name": "x", "metric": "source_ips", "comparison": "in-cidr-set", "cidrs": ["nope"]},
+            "rule #1",
+        ),
+        (
+            {
+                "name": "x",
+                "metric": "auth_failures",
+                "comparison": "less-than",
+                "value": 1,
+                "statistic": "p99",
+            },
+            "exactly one",
+        ),
+        (
+            {"name": "x", "metric": "auth_failures", "comparison": "between", "value": 1},
+            "unknown comparison",
+        ),
+        (
+            {"name": "bad name!", "metric": "auth_failures", "comparison": "less-than", "value": 1},
+            "name",
+        ),
+        (
+            {
+                "name": "x",
+                "metric": "auth_failures",
+                "comparison": "less-than",
+                "value": 1,
+                "extra": 1,
+            },
+            "extra",
+        ),
     ],
 )
 def test_invalid_rules(item: dict[str, Any], msg: str) -> None:

@@ -28,8 +28,14 @@ from fleetwarden.detect.sinks import (
 
 NOTE = {
     "event": "alert.opened",
-    "alert": {"id": "a1", "severity": "high", "title": "auth failures", "device_id": "d1",
-              "key": "rule:auth", "status": "New"},
+    "alert": {
+        "id": "a1",
+        "severity": "high",
+        "title": "auth failures",
+        "device_id": "d1",
+        "key": "rule:auth",
+        "status": "New",
+    },
 }
 SECRET = b"0123456789abcdef-secret"
 
@@ -87,7 +93,7 @@ def test_webhook_is_hmac_signed(http_server: tuple[str, Recorder]) -> None:
     url, rec = http_server
     d = asyncio.run(_deliver(WebhookSink(url, SECRET)))
     assert d.stats["webhook"].delivered == 1
-    (headers, body), = rec.requests
+    ((headers, body),) = rec.requests
     ts = headers["x-fleetwarden-timestamp"]
     want = "sha256=" + hmac.new(SECRET, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["x-fleetwarden-signature"], want)
