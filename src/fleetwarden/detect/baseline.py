@@ -437,5 +437,48 @@ class Baselines:
     def forget(self, device_id: str) -> None:
         self.devices.pop(device_id, None)
 
+    # persistence: a restart must not forget a week of learning --------------------------
+
+    def dumps(self) -> bytes:
+        """Snapshot of every device and group profile: ``FWBL1`` magic, records
+        (tag, key, state), CRC-32 of all that at the end."""
+        out = [MAGIC]
+        for tag, table in ((b"D", self.devices), (b"G", self.groups)):
+            for key, b in table.items():
+                k = key.encode()
+                st = b.to_bytes()
+                out.append(tag + len(k).to_bytes(2, "little") + k + len(st).to_bytes(4, "little"))
+                out.append(st)
+        body = b"".join(out)
+        return body + zlib.crc32(body).to_bytes(4, "little")
+
+    def loads(self, raw: bytes) -> int:
+        """Load a snapshot; return the number of devices. A damaged snapshot loads nothing
+        (and raises ``ValueError``): a half-read baseline would judge devices wrongly."""
+        if not raw.startswith(MAGIC):
+            raise ValueError("not a baseline snapshot (bad magic)")
+        raw, crc = raw[:-4], raw[-4:]
+        if zlib.crc32(raw).to_bytes(4, "little") != crc:
+            raise ValueError("baseline snapshot damaged (checksum)")
+        devices: dict[str, DeviceBaseline] = {}
+        groups: dict[str, DeviceBaseline] = {}
+        i = len(MAGIC)
+        want = _STATE_LEN
+        while i < len(raw):
+            tag = raw[i : i + 1]
+            kl = int.from_bytes(raw[i + 1 : i + 3], "little")
+            key = raw[i + 3 : i + 3 + kl].decode()
+            j = i + 3 + kl
+            sl = int.from_bytes(raw[j : j + 4], "little")
+            if tag not in (b"D", b"G") or sl != want or j + 4 + sl > len(raw):
+                raise ValueError(f"baseline snapshot damaged at byte {i}")
+            b = DeviceBaseline.from_bytes(raw[j + 4 : j + 4 + sl])
+            (devices if tag == b"D" else groups)[key] = b
+            i = j + 4 + sl
+        self.devices, self.groups = devices, groups
+        return len(devices)
+
 
 _KIND_INDEX = {k: i for i, (k, _) in enumerate(NOVELTY)}
+MAGIC = b"FWBL1\n"
+_STATE_LEN = len(DeviceBaseline().to_bytes())

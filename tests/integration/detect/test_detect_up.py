@@ -143,3 +143,10 @@ def test_metrics_to_alert_to_signed_webhook_and_quarantine(
     final = AlertStore(reg).get(alert["id"])
     assert final.mitigation["state"] == "done"
     reg.close()
+    # baselines survive a restart: snapshot written at stop, 0600
+    snap = data / "detect" / "baselines.bin"
+    assert snap.stat().st_mode & 0o777 == 0o600
+    from fleetwarden.detect.baseline import Baselines
+
+    restored = Baselines()
+    assert restored.loads(snap.read_bytes()) == 1 and "cam-1" in restored.devices

@@ -136,3 +136,27 @@ def test_group_sensitivity_is_per_group() -> None:
     mw.messages_sent, mw.bytes_sent, mw.bytes_out = 40, 12000, 14000
     # the same night burst that alarms at sensitivity 1 stays below at 0.3
     assert [f for f in b.observe(mw, ("calm",)) if f.kind == "deviation"] == []
+
+
+def test_snapshot_round_trip_and_damage() -> None:
+    import pytest
+
+    rng = random.Random(7)
+    b = Baselines({"*": BaselineConfig(learning_windows=DAY)})
+    for d in ("a", "b"):
+        learn(b, d, 2, rng)
+    raw = b.dumps()
+    c = Baselines({"*": BaselineConfig(learning_windows=DAY)})
+    assert c.loads(raw) == 2
+    assert c.dumps() == raw
+    # the restored detector judges like the original: same findings on the same window
+    mw = office(rng, "a", 2 * DAY + 3 * 12)
+    mw.messages_sent, mw.bytes_sent = 60, 18000
+    assert [(f.kind, f.metric) for f in b.observe(mw, ("offices",))] == [
+        (f.kind, f.metric) for f in c.observe(mw, ("offices",))
+    ]
+    for bad in (b"nope", raw[:-10], raw[:20] + b"X" + raw[21:]):
+        d = Baselines()
+        with pytest.raises(ValueError):
+            d.loads(bad)
+        assert d.devices == {}  # nothing half-loaded
