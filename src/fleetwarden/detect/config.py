@@ -24,21 +24,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fleetwarden.detect.baseline import BaselineConfig
+from fleetwarden.detect.baseline import NOVELTY, BaselineConfig
 
 
 class GroupTuning(BaseModel):
     model_config = ConfigDict(extra="forbid")
     learning_days: float = Field(default=7, ge=0, le=90)
     sensitivity: float = Field(default=1.0, gt=0.1, le=10)
+    #: novelty kinds judged for this group (default: all); e.g. drop "topic" for fleets
+    #: whose topics are dynamic
+    novelty: list[str] | None = None
+    source_prefix_v4: int = Field(default=16, ge=8, le=32)
+
+    @field_validator("novelty")
+    @classmethod
+    def _kinds(cls, v: list[str] | None) -> list[str] | None:
+        known = {k for k, _ in NOVELTY}
+        if v is not None and not set(v) <= known:
+            raise ValueError(f"novelty kinds must be among {', '.join(sorted(known))}")
+        return v
 
     def baseline(self, window_s: int) -> BaselineConfig:
-        return BaselineConfig(
+        cfg = BaselineConfig(
             learning_windows=int(self.learning_days * 86400 / window_s),
             sensitivity=self.sensitivity,
+            source_prefix_v4=self.source_prefix_v4,
         )
+        if self.novelty is not None:
+            cfg.novelty = tuple(self.novelty)
+        return cfg
 
 
 class WebhookSinkConfig(BaseModel):

@@ -160,3 +160,22 @@ def test_snapshot_round_trip_and_damage() -> None:
         with pytest.raises(ValueError):
             d.loads(bad)
         assert d.devices == {}  # nothing half-loaded
+
+
+def test_settings_per_group_and_env(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from fleetwarden.errors import ConfigError
+    from fleetwarden.settings import load_settings
+
+    (tmp_path / "fleetwarden.toml").write_text(
+        "[detect.groups.lab]\nsensitivity = 0.5\nnovelty = ['certificate']\nlearning_days = 2\n"
+    )
+    monkeypatch.setenv("FLEETWARDEN_DETECT__DEFAULT__SENSITIVITY", "1.5")
+    s = load_settings(tmp_path)
+    cfgs = s.detect.baseline_configs()
+    assert cfgs["lab"].novelty == ("certificate",) and cfgs["lab"].learning_windows == 576
+    assert cfgs["*"].sensitivity == 1.5
+    (tmp_path / "fleetwarden.toml").write_text("[detect.groups.lab]\nnovelty = ['nope']\n")
+    with pytest.raises(ConfigError):
+        load_settings(tmp_path)
