@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +143,8 @@ class DetectService:
         self.mitigation_log: list[str] = []
         self._lock = asyncio.Lock()
         self.registry: Registry | None = None
+        self._logged_at: dict[str, float] = {}
+        self._pending_log: dict[str, int] = {}
 
     def file_rules(self) -> list[Rule]:
         rf = self.settings.rules_file
@@ -170,8 +173,15 @@ class DetectService:
             )
             for did, gname in rows:
                 groups.setdefault(did, []).append(gname)
+        gone = self._known - ids
         self._known = ids
         self._groups = {k: tuple(v) for k, v in groups.items()}
+        # devices removed from the registry leave no state behind (bounded memory)
+        for did in gone:
+            if self.detector is not None:
+                self.detector.forget(did)
+            if self.intake is not None:
+                self.intake.forget(did)
 
     async def start(self, ctx: Context) -> None:
         cfg = self.settings
@@ -274,6 +284,7 @@ class DetectService:
         self.intake.known = self._known.__contains__
         accepted = 0
         signals: list[Signal] = []
+        before = dict(self.intake.rejected)
         async with self._lock:
             for obj in items:
                 mw = self.intake.offer(obj)
@@ -284,11 +295,32 @@ class DetectService:
         alerts: list[AlertOut] = []
         if signals:
             alerts = await run_in_threadpool(self._store_signals, signals)
+        reasons = {
+            k: v - before.get(k, 0) for k, v in self.intake.rejected.items() if v > before.get(k, 0)
+        }
+        if reasons:
+            self._log_rejections(reasons)
         return {
             "accepted": accepted,
             "rejected": len(items) - accepted,
+            "reasons": reasons,
             "alerts": [a.id for a in alerts],
         }
+
+    def _log_rejections(self, reasons: dict[str, int]) -> None:
+        # one line per reason per minute at most: a flood must not become a log flood
+        now = time.monotonic()
+        for reason, n in reasons.items():
+            self._pending_log[reason] = self._pending_log.get(reason, 0) + n
+            if now - self._logged_at.get(reason, 0.0) >= 60:
+                last = self.intake.recent[-1].detail if self.intake and self.intake.recent else ""
+                log.warning(
+                    "detect: refused %d datapoint(s): %s (latest: %s)",
+                    self._pending_log.pop(reason),
+                    reason,
+                    last,
+                )
+                self._logged_at[reason] = now
 
     def _store_signals(self, signals: list[Signal]) -> list[AlertOut]:
         assert self.store is not None

@@ -124,6 +124,12 @@ def test_metrics_to_alert_to_signed_webhook_and_quarantine(
 
     out = asyncio.run(scenario())
     assert out["result"]["accepted"] == 1 and out["result"]["rejected"] == 4
+    assert out["result"]["reasons"] == {
+        "unknown_device": 1,
+        "future": 1,
+        "negative": 1,
+        "bad_type": 1,
+    }
     rej = out["status"]["intake"]["rejected"]
     assert rej == {"unknown_device": 1, "future": 1, "negative": 1, "bad_type": 1}
     (alert,) = out["alerts"]

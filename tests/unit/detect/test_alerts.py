@@ -132,3 +132,24 @@ def test_quarantine_mitigation_and_unwired_hooks(registry: Registry) -> None:
     plain = store.apply(sig(key="baseline:volume"))
     with pytest.raises(ValidationError, match="no mitigation"):
         run_mitigation(store, mits, plain.id, OP)  # type: ignore[union-attr]
+
+
+def test_service_forgets_removed_devices(registry: Registry, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fleetwarden.detect.config import DetectSettings
+    from fleetwarden.detect.engine import Detector
+    from fleetwarden.detect.metrics import Intake, MetricWindow
+    from fleetwarden.detect.service import DetectService
+
+    for d in ("a", "b"):
+        registry.add_device(DeviceCreate(device_id=d), OP)  # type: ignore[call-arg]
+    svc = DetectService(DetectSettings(), tmp_path)
+    svc.detector = Detector([])
+    svc.refresh_devices(registry)
+    svc.intake = Intake(svc._known.__contains__)
+    for d in ("a", "b"):
+        svc.detector.process(MetricWindow(device_id=d, start=0, messages_sent=1))
+    assert set(svc.detector.baselines.devices) == {"a", "b"}
+    registry.remove_device("b", OP)
+    svc.refresh_devices(registry)
+    assert set(svc.detector.baselines.devices) == {"a"}
+    assert svc._known == {"a"}
