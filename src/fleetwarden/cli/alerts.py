@@ -11,8 +11,8 @@ from fleetwarden.cli._common import (
     JsonFlag,
     cli_actor,
     console,
-    open_registry,
     print_json,
+    registry,
     settings,
 )
 from fleetwarden.detect.alerts import AlertStatus, AlertStore, SuppressBody, Verification
@@ -30,13 +30,10 @@ def list_(
     json_out: bool = JsonFlag,
 ) -> None:
     """List alerts, newest activity first."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         alerts = AlertStore(reg).list_alerts(
             status=status, device_id=device, severity=severity, limit=limit
         )
-    finally:
-        reg.close()
     if json_out:
         print_json(alerts)
         return
@@ -64,12 +61,9 @@ def _full_id(store: AlertStore, prefix: str) -> str:
 @app.command()
 def show(alert_id: str, json_out: bool = JsonFlag) -> None:
     """Show one alert with its evidence."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         store = AlertStore(reg)
         a = store.get(_full_id(store, alert_id))
-    finally:
-        reg.close()
     if json_out:
         print_json(a)
         return
@@ -80,12 +74,9 @@ def show(alert_id: str, json_out: bool = JsonFlag) -> None:
 @app.command()
 def ack(alert_id: str) -> None:
     """Acknowledge an open alert."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         store = AlertStore(reg)
         a = store.acknowledge(_full_id(store, alert_id), cli_actor())
-    finally:
-        reg.close()
     console.print(f"alert {a.id} acknowledged")
 
 
@@ -98,14 +89,11 @@ def resolve(
     note: Annotated[str | None, typer.Option(help="Free text kept with the alert.")] = None,
 ) -> None:
     """Resolve an alert, recording whether it was a true positive, benign or false."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         store = AlertStore(reg)
         a = store.resolve(
             _full_id(store, alert_id), cli_actor(), verification=verification, note=note
         )
-    finally:
-        reg.close()
     console.print(f"alert {a.id} resolved ({a.verification.value})")
 
 
@@ -123,8 +111,7 @@ def suppress(
     json_out: bool = JsonFlag,
 ) -> None:
     """Suppress alerts for a device and/or key until the suppression expires."""
-    reg = open_registry()
-    try:
+    with registry() as reg:
         store = AlertStore(reg)
         if alert_id is not None:
             a = store.get(_full_id(store, alert_id))
@@ -132,8 +119,6 @@ def suppress(
             key = key or a.key
         body = SuppressBody(device_id=device, key_prefix=key, minutes=minutes, reason=reason)
         sup = store.suppress(body, cli_actor())
-    finally:
-        reg.close()
     if json_out:
         print_json(sup)
     else:
@@ -150,8 +135,7 @@ def approve(alert_id: str) -> None:
     from fleetwarden.detect.service import run_mitigation
 
     s = settings()
-    reg = open_registry(s)
-    try:
+    with registry() as reg:
         store = AlertStore(reg)
         a = run_mitigation(
             store,
@@ -159,8 +143,6 @@ def approve(alert_id: str) -> None:
             _full_id(store, alert_id),
             cli_actor(),
         )
-    finally:
-        reg.close()
     console.print(f"mitigation {a.mitigation.get('action')}: {a.mitigation.get('state')}")
     if a.mitigation.get("detail"):
         console.print(str(a.mitigation["detail"]))

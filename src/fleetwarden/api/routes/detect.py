@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel
 
-from fleetwarden.api.auth import READ, WRITE, client_ip, require
+from fleetwarden.api.auth import READ, WRITE, client_ip, registry_of, require
 from fleetwarden.detect.alerts import (
     AlertOut,
     AlertStatus,
@@ -21,7 +21,7 @@ from fleetwarden.detect.mitigation import mitigations
 from fleetwarden.detect.rules import AlertSeverity, Rule
 from fleetwarden.detect.service import DetectService, run_mitigation
 from fleetwarden.errors import DatabaseUnavailableError, TooLargeError, ValidationError
-from fleetwarden.registry import Principal, Registry
+from fleetwarden.registry import Principal
 
 router = APIRouter(tags=["detect"])
 Reader = Annotated[Principal, Depends(require(READ))]
@@ -34,8 +34,7 @@ class VerifyBody(BaseModel):
 
 
 def _store(request: Request) -> AlertStore:
-    registry: Registry = request.app.state.registry
-    return AlertStore(registry)
+    return AlertStore(registry_of(request))
 
 
 def _service(request: Request) -> DetectService | None:
@@ -91,7 +90,7 @@ def verify(request: Request, alert_id: str, body: VerifyBody, who: Writer) -> Al
 @router.post("/v1/alerts/{alert_id}/approve", response_model=AlertOut)
 def approve(request: Request, alert_id: str, who: Writer) -> AlertOut:
     """Approve (run) the mitigation the alert's rule declared."""
-    registry: Registry = request.app.state.registry
+    registry = registry_of(request)
     settings = request.app.state.settings
     return run_mitigation(
         AlertStore(registry),
