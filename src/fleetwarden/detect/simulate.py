@@ -460,6 +460,9 @@ class Evaluation:
     seconds: float
     false_by_key: dict[str, int]
     fleet: dict[str, Any]
+    #: (alerts the HalfSpaceTrees second opinion agreed with, alerts it scored)
+    second_true: tuple[int, int] = (0, 0)
+    second_false: tuple[int, int] = (0, 0)
 
     @property
     def false_per_1000_device_days(self) -> float:
@@ -492,6 +495,12 @@ class Evaluation:
             f"learning = **{self.false_per_1000_device_days:.2f} per 1,000 device-days**"
             + (f" (by detector: {self.false_by_key})" if self.false_by_key else "")
         )
+        if self.second_true[1] or self.second_false[1]:
+            lines.append(
+                f"Second opinion (HalfSpaceTrees) agreed with {self.second_true[0]} of "
+                f"{self.second_true[1]} true alerts and {self.second_false[0]} of "
+                f"{self.second_false[1]} false alerts."
+            )
         lines.append(
             f"Seeds {self.seeds}; {self.windows:,} windows in {self.seconds:.1f} s; "
             f"targets met: {'yes' if self.meets_targets() else 'NO'}"
@@ -506,6 +515,7 @@ class Evaluation:
             "device_days": self.device_days,
             "false_per_1000_device_days": self.false_per_1000_device_days,
             "false_by_key": self.false_by_key,
+            "second_opinion": {"true": list(self.second_true), "false": list(self.second_false)},
             "windows": self.windows,
             "seconds": self.seconds,
             "targets_met": self.meets_targets(),
@@ -568,6 +578,8 @@ def evaluate(
     false_by_key: dict[str, int] = {}
     benign_windows = 0
     total = 0
+    st = [0, 0]  # second opinion on true alerts: agreed, scored
+    sf = [0, 0]
     t0 = time.perf_counter()
     for si, seed in enumerate(seeds):
         bl = baseline or BaselineConfig(learning_windows=fp.learning_days * 288)
@@ -607,6 +619,10 @@ def evaluate(
                 for sig in sigs:
                     if sig.kind != "alarm" or sig.evidence.get("repeat") or not in_eval:
                         continue
+                    if "multivariate_score" in sig.evidence:
+                        tally = st if hit is not None else sf
+                        tally[1] += 1
+                        tally[0] += bool(sig.evidence.get("multivariate_agrees"))
                     if hit is not None:
                         true_alerts[hit] = true_alerts.get(hit, 0) + 1
                         first.setdefault(hit, w)
@@ -635,5 +651,7 @@ def evaluate(
         windows=total,
         seconds=time.perf_counter() - t0,
         false_by_key=false_by_key,
+        second_true=(st[0], st[1]),
+        second_false=(sf[0], sf[1]),
         fleet={"fleet": asdict(fp), "scenarios": asdict(scen or ScenarioParams())},
     )
