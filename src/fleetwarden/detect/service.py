@@ -286,7 +286,9 @@ class DetectService:
         signals: list[Signal] = []
         before = dict(self.intake.rejected)
         async with self._lock:
-            for obj in items:
+            for n, obj in enumerate(items):
+                if n and n % 1000 == 0:
+                    await asyncio.sleep(0)  # a 10,000-window batch must not stall the API
                 mw = self.intake.offer(obj)
                 if mw is None:
                     continue
