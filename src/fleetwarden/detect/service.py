@@ -118,7 +118,8 @@ def note_from_event(event: Event) -> dict[str, Any]:
             "status": event.data.get("status"),
             "count": event.data.get("count"),
             "verification": unmapped.get("verification"),
-            "evidence": ev[0].get("data", {}),
+            # our alerts nest evidence under "data"; other producers' findings may not
+            "evidence": ev[0].get("data", ev[0]) if isinstance(ev[0], dict) else {},
         },
         "ocsf": event.to_ocsf(),
     }
