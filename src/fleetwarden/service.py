@@ -133,9 +133,11 @@ def malformed_outbox_finding(row_id: int, payload: object, reason: str) -> Event
 def components(settings: Settings) -> list[Component]:
     """Every component ``up`` runs, in start order. Controls add themselves here."""
     from fleetwarden.auditlog.component import AuditLogComponent
+    from fleetwarden.detect.service import DetectService
 
+    detect = [DetectService(settings.detect, settings.data_dir)] if settings.detect.enabled else []
     # the audit log starts before (and so stops after) the relay that feeds it
-    return [*([AuditLogComponent()] if settings.auditlog.enabled else []), OutboxRelay()]
+    return [*([AuditLogComponent()] if settings.auditlog.enabled else []), OutboxRelay(), *detect]
 
 
 async def serve(

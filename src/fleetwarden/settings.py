@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from fleetwarden.auditlog.config import AuditLogSettings
+from fleetwarden.detect.config import DetectSettings
 from fleetwarden.errors import ConfigError
 
 CONFIG_FILE = "fleetwarden.toml"
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
     import_batch_size: int = Field(default=5000, ge=1, le=100_000)
     log_level: str = "info"
     auditlog: AuditLogSettings = Field(default_factory=AuditLogSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
 
     @field_validator("log_level")
     @classmethod

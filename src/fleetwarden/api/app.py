@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fleetwarden import __version__
 from fleetwarden.api.auth import READ, require
 from fleetwarden.api.limits import BodyLimitMiddleware
-from fleetwarden.api.routes import auditlog, devices, groups, tokens
+from fleetwarden.api.routes import auditlog, detect, devices, groups, tokens
 from fleetwarden.errors import AuthError, Error
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import explain
@@ -89,4 +89,5 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(groups.router)
     app.include_router(tokens.router)
     app.include_router(auditlog.router)
+    app.include_router(detect.router)
     return app
