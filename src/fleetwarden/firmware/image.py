@@ -181,7 +181,9 @@ def verify_image(
 
     ``trusted`` maps hex key hashes to keys, or is a plain iterable of keys.
     """
-    keys = dict(trusted) if isinstance(trusted, Mapping) else {key_hash(k).hex(): k for k in trusted}
+    keys = (
+        dict(trusted) if isinstance(trusted, Mapping) else {key_hash(k).hex(): k for k in trusted}
+    )
     if not keys:
         raise _reject("no trusted keys to verify against")
     try:

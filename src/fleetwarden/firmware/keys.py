@@ -31,7 +31,7 @@ import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -50,7 +50,7 @@ Algorithm = Literal["ecdsa-p256", "ed25519"]
 
 #: largest key or signature file we read
 MAX_KEY_FILE = 64 * 1024
-PASSPHRASE_ENV = "FLEETWARDEN_FIRMWARE_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "FLEETWARDEN_FIRMWARE_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
 PKCS11_PIN_ENV = "FLEETWARDEN_FIRMWARE_PKCS11_PIN"
 PKCS11_MODULE_ENV = "FLEETWARDEN_FIRMWARE_PKCS11_MODULE"
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -122,6 +122,7 @@ def load_public_key(data: bytes) -> PublicKey:
     """Parse a PEM or DER public key (SubjectPublicKeyInfo) or certificate."""
     if len(data) > MAX_KEY_FILE:
         raise SigningKeyError("public key file is too large")
+    key: Any
     try:
         if b"-----BEGIN CERTIFICATE" in data:
             from cryptography import x509
@@ -186,7 +187,9 @@ class FileSigner:
             key = serialization.load_pem_private_key(data, passphrase if encrypted else None)
         except (ValueError, TypeError) as exc:
             # cryptography says "Bad decrypt" for a wrong passphrase; never echo the key.
-            raise SigningKeyError(f"cannot load private key {path}: wrong passphrase or not a key") from exc
+            raise SigningKeyError(
+                f"cannot load private key {path}: wrong passphrase or not a key"
+            ) from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
             raise SigningKeyError("only ECDSA P-256 and Ed25519 keys are supported")
         signer = cls(key)
@@ -268,7 +271,7 @@ class Pkcs11Signer:
             lib = pkcs11.lib(self._uri.module)
             token = lib.get_token(token_label=self._uri.token)
             self._session = token.open(user_pin=self._uri.pin)
-            self._priv = self._session.get_key(
+            self._priv: Any = self._session.get_key(
                 object_class=ObjectClass.PRIVATE_KEY, label=self._uri.object
             )
             pub = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=self._uri.object)
