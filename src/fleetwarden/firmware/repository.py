@@ -161,6 +161,8 @@ class Repository:
             if v == 0:
                 raise RepositoryError(f"no metadata for role {role!r}")
             path = self.metadata_dir / f"{v}.{role}.json"
+        if not path.exists():
+            raise RepositoryError(f"no metadata for role {role!r}")
         md: Metadata[Any] = Metadata.from_file(str(path))
         if not isinstance(md.signed, cls):
             raise RepositoryError(f"{path} is not {cls.__name__} metadata")
@@ -290,7 +292,11 @@ class Repository:
         assert dele.roles is not None
         dele.keys[pub.keyid] = pub
         dele.roles[product] = DelegatedRole(
-            name=product, keyids=[pub.keyid], threshold=1, terminating=True, paths=[f"{product}/*"]
+            name=product,
+            keyids=[pub.keyid],
+            threshold=1,
+            terminating=True,
+            paths=[f"{product}/*", f"{product}/*/*"],
         )
         targets.signed.version += 1
         targets.signed.expires = _now() + self.expiry.targets

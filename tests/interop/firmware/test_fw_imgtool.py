@@ -47,8 +47,22 @@ def test_imgtool_signed_verifies_in_fleetwarden(tmp_path: Path, raw: Path, alg: 
     key, pub = _keypair(tmp_path, alg)
     img = tmp_path / "img.bin"
     r = imgtool(
-        "sign", "-k", str(key), "--header-size", "0x200", "--pad-header", "--align", "4",
-        "--version", "3.1.4+15", "-s", "42", "--slot-size", "0x40000", str(raw), str(img),
+        "sign",
+        "-k",
+        str(key),
+        "--header-size",
+        "0x200",
+        "--pad-header",
+        "--align",
+        "4",
+        "--version",
+        "3.1.4+15",
+        "-s",
+        "42",
+        "--slot-size",
+        "0x40000",
+        str(raw),
+        str(img),
     )
     assert r.returncode == 0, r.stderr
     v = verify_image(img, [read_public_key(pub)])
@@ -64,9 +78,24 @@ def test_imgtool_full_pubkey_format(tmp_path: Path, raw: Path, alg: str) -> None
     key, pub = _keypair(tmp_path, alg)
     img = tmp_path / "img.bin"
     r = imgtool(
-        "sign", "-k", str(key), "--header-size", "0x200", "--pad-header", "--align", "4",
-        "--public-key-format", "full", "--version", "1.0.0", "-s", "1",
-        "--slot-size", "0x40000", str(raw), str(img),
+        "sign",
+        "-k",
+        str(key),
+        "--header-size",
+        "0x200",
+        "--pad-header",
+        "--align",
+        "4",
+        "--public-key-format",
+        "full",
+        "--version",
+        "1.0.0",
+        "-s",
+        "1",
+        "--slot-size",
+        "0x40000",
+        str(raw),
+        str(img),
     )
     assert r.returncode == 0, r.stderr
     assert verify_image(img, [read_public_key(pub)]).security_counter == 1
@@ -107,16 +136,29 @@ def test_encrypted_key_from_fleetwarden_keygen_works_in_imgtool(
     assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()
     img = tmp_path / "img.bin"
     with pytest.raises(SystemExit) as exc:
-        main([
-            "firmware", "sign", str(raw), "--key", str(key), "--version", "1.0.0",
-            "--security-counter", "3", "--out", str(img),
-        ])
+        main(
+            [
+                "firmware",
+                "sign",
+                str(raw),
+                "--key",
+                str(key),
+                "--version",
+                "1.0.0",
+                "--security-counter",
+                "3",
+                "--out",
+                str(img),
+            ]
+        )
     assert exc.value.code in (0, None)
     r = imgtool("verify", "-k", str(pub), str(img))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_cli_verify_refusal_exit_code(tmp_path: Path, raw: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_verify_refusal_exit_code(
+    tmp_path: Path, raw: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     key, pub = _keypair(tmp_path, "ed25519")
     img = tmp_path / "img.bin"
     sign_image(raw, img, FileSigner.load(key), version=ImageVersion(1, 0, 0), security_counter=1)

@@ -43,9 +43,19 @@ def _token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     old = os.environ.get("SOFTHSM2_CONF")
     os.environ["SOFTHSM2_CONF"] = str(conf)
     subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", "fwsign",
-         "--so-pin", "5678", "--pin", "1234"],
-        check=True, capture_output=True,
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            "fwsign",
+            "--so-pin",
+            "5678",
+            "--pin",
+            "1234",
+        ],
+        check=True,
+        capture_output=True,
     )
     import pkcs11
     from pkcs11 import Attribute, KeyType
@@ -55,7 +65,8 @@ def _token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tok = lib.get_token(token_label="fwsign")
     with tok.open(rw=True, user_pin="1234") as s:
         params = s.create_domain_parameters(
-            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
             local=True,
         )
         params.generate_keypair(store=True, label="p256")
@@ -88,19 +99,34 @@ def test_pkcs11_signing_interop(token: str, tmp_path: Path, label: str) -> None:
     assert verify_image(img, [signer.public_key()]).security_counter == 2
     pub = tmp_path / "pub.pem"
     pub.write_text(public_pem(signer.public_key()))
-    r = subprocess.run([IMGTOOL, "verify", "-k", str(pub), str(img)], capture_output=True, text=True)
+    r = subprocess.run(
+        [IMGTOOL, "verify", "-k", str(pub), str(img)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     signer.close()
 
 
-def test_pkcs11_cli_and_refusals(token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pkcs11_cli_and_refusals(
+    token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw = tmp_path / "raw.bin"
     raw.write_bytes(b"x" * 1000)
     with pytest.raises(SystemExit) as exc:
-        main([
-            "firmware", "sign", str(raw), "--key", f"pkcs11:token={token};object=p256",
-            "--version", "1.0.0", "--security-counter", "1", "--out", str(tmp_path / "i.bin"),
-        ])
+        main(
+            [
+                "firmware",
+                "sign",
+                str(raw),
+                "--key",
+                f"pkcs11:token={token};object=p256",
+                "--version",
+                "1.0.0",
+                "--security-counter",
+                "1",
+                "--out",
+                str(tmp_path / "i.bin"),
+            ]
+        )
     assert exc.value.code in (0, None)
     with pytest.raises(SigningKeyError):
         Pkcs11Signer(f"pkcs11:token={token};object=missing")
@@ -116,29 +142,46 @@ def test_external_signer(tmp_path: Path, alg: str, monkeypatch: pytest.MonkeyPat
     keyfile = tmp_path / "remote.pem"
     write_encrypted_key(keyfile, key, b"remote-secret")
     script = tmp_path / "signer.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys
         os.environ["FLEETWARDEN_FIRMWARE_KEY_PASSPHRASE"] = "remote-secret"
         from pathlib import Path
         from fleetwarden.firmware.keys import FileSigner
         sys.stdout.buffer.write(FileSigner.load(Path({str(keyfile)!r})).sign(sys.stdin.buffer.read()))
-    """))
+    """)
+    )
     pub = tmp_path / "pub.pem"
     pub.write_text(public_pem(key.public_key()))
     raw = tmp_path / "raw.bin"
     raw.write_bytes(os.urandom(5000))
     img = tmp_path / "img.bin"
     with pytest.raises(SystemExit) as exc:
-        main([
-            "firmware", "sign", str(raw), "--key", f"exec:{sys.executable} {script}",
-            "--pub", str(pub), "--version", "4.0.0", "--security-counter", "9", "--out", str(img),
-        ])
+        main(
+            [
+                "firmware",
+                "sign",
+                str(raw),
+                "--key",
+                f"exec:{sys.executable} {script}",
+                "--pub",
+                str(pub),
+                "--version",
+                "4.0.0",
+                "--security-counter",
+                "9",
+                "--out",
+                str(img),
+            ]
+        )
     assert exc.value.code in (0, None)
     assert verify_image(img, [key.public_key()]).version == ImageVersion(4, 0, 0)
     # a signer that fails or returns garbage never yields an image
     bad = ExternalSigner(f"{sys.executable} -c 'print(\"nope\")'", key.public_key())
     with pytest.raises(SigningKeyError, match="does not verify"):
-        sign_image(raw, tmp_path / "bad.bin", bad, version=ImageVersion(1, 0, 0), security_counter=1)
+        sign_image(
+            raw, tmp_path / "bad.bin", bad, version=ImageVersion(1, 0, 0), security_counter=1
+        )
     assert not (tmp_path / "bad.bin").exists()
     failing = ExternalSigner(f"{sys.executable} -c 'import sys; sys.exit(3)'", key.public_key())
     with pytest.raises(SigningKeyError, match="exited 3"):
