@@ -185,3 +185,76 @@ def update(device: Device, metadata_url: str, targets_url: str, name: str) -> Ve
     ) not in (None, v.security_counter):
         raise UpdateError("TUF metadata and the image header disagree on version or counter")
     return device.install(path)
+
+
+def _feedback(
+    client: Any, url: str, action: str, execution: str, finished: str, details: list[str]
+) -> None:
+    r = client.post(
+        url,
+        json={
+            "id": action,
+            "status": {
+                "execution": execution,
+                "result": {"finished": finished},
+                "details": details,
+            },
+        },
+    )
+    if r.status_code != 200:
+        raise UpdateError(f"DDI feedback refused: HTTP {r.status_code} {r.text[:200]}")
+
+
+def ddi_cycle(
+    device: Device,
+    client: Any,
+    controller_url: str,
+    metadata_url: str,
+    targets_url: str,
+    *,
+    on_installed: Any = None,
+) -> str:
+    """One hawkBit polling cycle: poll, install through TUF, reboot, confirm, report.
+
+    ``client`` is an ``httpx.Client`` holding the device's TLS client certificate.
+    ``on_installed`` (tests) may simulate a failing application before confirmation.
+    Returns ``idle``, ``success`` or ``failure``.
+    """
+    r = client.get(controller_url)
+    if r.status_code != 200:
+        raise UpdateError(f"DDI poll refused: HTTP {r.status_code} {r.text[:200]}")
+    link = r.json().get("_links", {}).get("deploymentBase", {}).get("href")
+    if not link:
+        return "idle"
+    base = client.get(link)
+    if base.status_code != 200:
+        raise UpdateError(f"deploymentBase refused: HTTP {base.status_code}")
+    dep = base.json()
+    action = str(dep["id"])
+    fb = link.split("?", 1)[0] + "/feedback"
+    meta = {m["key"]: m["value"] for m in dep["deployment"]["chunks"][0].get("metadata", [])}
+    target = meta.get("tuf_target")
+    if not target:
+        _feedback(client, fb, action, "closed", "failure", ["no tuf_target in the deployment"])
+        return "failure"
+    _feedback(client, fb, action, "proceeding", "none", ["downloading through TUF"])
+    try:
+        v = update(device, metadata_url, targets_url, target)
+        if device.reboot() != "trial":
+            raise UpdateError("the new image did not boot")
+        if on_installed is not None and not on_installed(device):
+            device.reboot()  # unconfirmed trial image: the bootloader reverts
+            raise UpdateError("application self-test failed; reverted")
+        st = device.confirm()
+    except FirmwareError as exc:
+        _feedback(client, fb, action, "closed", "failure", [str(exc)[:200]])
+        return "failure"
+    _feedback(
+        client,
+        fb,
+        action,
+        "closed",
+        "success",
+        [f"running {v.version}, security counter {st.security_counter}"],
+    )
+    return "success"

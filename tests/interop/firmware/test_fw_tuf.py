@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import MetaFile, Metadata, Root, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Timestamp
 from tuf.ngclient import Updater
 
 from fleetwarden.firmware.repository import Repository, load_signer
