@@ -56,6 +56,8 @@ class Device:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: reason of the last failed update (what was reported to the server)
+        self.last_error: str | None = None
 
     @property
     def state_file(self) -> Path:
@@ -80,7 +82,7 @@ class Device:
         shutil.copyfile(root_json, self.path / "tuf" / "root.json")
         (self.path / "keys").mkdir(parents=True, exist_ok=True)
         for k in keys:
-            shutil.copyfile(k, self.path / "keys" / k.name)
+            shutil.copyfile(k, self.path / "keys" / f"{k.stem}.pem")
         st = self.state()
         st.security_counter = security_counter
         self._save(st)
@@ -248,6 +250,7 @@ def ddi_cycle(
         st = device.confirm()
     except FirmwareError as exc:
         _feedback(client, fb, action, "closed", "failure", [str(exc)[:200]])
+        device.last_error = str(exc)
         return "failure"
     _feedback(
         client,
