@@ -93,7 +93,7 @@ class _Status(BaseModel):
 
 class DdiFeedback(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id: str | None = Field(default=None, max_length=64)
+    id: int | str | None = Field(default=None, union_mode="left_to_right")
     time: str | None = Field(default=None, max_length=64)
     status: _Status
 

@@ -66,7 +66,12 @@ def plane(tmp_path: Path) -> Iterator[dict[str, Any]]:
     th = threading.Thread(target=run, daemon=True)
     th.start()
     assert ready.wait(30)
-    yield {"settings": settings, "registry": reg, "base": f"http://127.0.0.1:{port}", "ctx": ctxs[0]}
+    yield {
+        "settings": settings,
+        "registry": reg,
+        "base": f"http://127.0.0.1:{port}",
+        "ctx": ctxs[0],
+    }
     loop.call_soon_threadsafe(task[0].cancel)
     th.join(15)
     reg.close()
@@ -94,8 +99,16 @@ def test_publish_rollout_devices_confirm(plane: dict[str, Any], tmp_path: Path) 
     for d in ("cam-1", "cam-2", "cam-3"):
         reg.add_device(DeviceCreate(device_id=d), ACTOR)
     rs = RolloutService(reg)
-    rs.create("cam-1.1", "cam", "1.1.0", ACTOR, devices=["cam-1", "cam-2", "cam-3"],
-              stages=[Stage.parse("devices:cam-1")], success_threshold=100, error_threshold=60)
+    rs.create(
+        "cam-1.1",
+        "cam",
+        "1.1.0",
+        ACTOR,
+        devices=["cam-1", "cam-2", "cam-3"],
+        stages=[Stage.parse("devices:cam-1")],
+        success_threshold=100,
+        error_threshold=60,
+    )
 
     pubfile = tmp_path / "fw.pub"
     pubfile.write_text(public_pem(key.public_key()))
@@ -109,7 +122,12 @@ def test_publish_rollout_devices_confirm(plane: dict[str, Any], tmp_path: Path) 
 
     # no certificate, or a certificate for another device: refused
     assert httpx.get(f"{base}/DEFAULT/controller/v1/cam-1").status_code == 401
-    assert httpx.get(f"{base}/DEFAULT/controller/v1/cam-1", headers={"x-test-device": "cam-2"}).status_code == 403
+    assert (
+        httpx.get(
+            f"{base}/DEFAULT/controller/v1/cam-1", headers={"x-test-device": "cam-2"}
+        ).status_code
+        == 403
+    )
 
     d1, c1, u1 = device("cam-1")
     d2, c2, u2 = device("cam-2")
@@ -168,11 +186,28 @@ def test_ddi_artifact_download_and_bad_feedback(plane: dict[str, Any], tmp_path:
     assert c.post(fb, json={"status": {"execution": "bogus"}}).status_code == 422
     assert c.post(fb, content=b"{not json").status_code == 422
     wrong = fb.replace(f"/{dep['id']}/", "/999/")
-    assert c.post(wrong, json={"status": {"execution": "closed", "result": {"finished": "success"}}}).status_code == 409
-    assert c.get(art["_links"]["download"]["href"].replace(f"/{dep['id']}/", "/999/")).status_code == 404
+    assert (
+        c.post(
+            wrong, json={"status": {"execution": "closed", "result": {"finished": "success"}}}
+        ).status_code
+        == 409
+    )
+    assert (
+        c.get(art["_links"]["download"]["href"].replace(f"/{dep['id']}/", "/999/")).status_code
+        == 404
+    )
     assert c.get(f"{base}/OTHER/controller/v1/hub-1").status_code == 404
-    assert c.put(f"{base}/DEFAULT/controller/v1/hub-1/configData", json={"data": {}}).status_code == 200
-    ok = c.post(fb, json={"id": dep["id"], "status": {"execution": "closed", "result": {"finished": "success"}}})
+    assert (
+        c.put(f"{base}/DEFAULT/controller/v1/hub-1/configData", json={"data": {}}).status_code
+        == 200
+    )
+    ok = c.post(
+        fb,
+        json={
+            "id": dep["id"],
+            "status": {"execution": "closed", "result": {"finished": "success"}},
+        },
+    )
     assert ok.status_code == 200
     assert RolloutService(reg).get("hub-2")["state"] == "completed"
     # TUF metadata served statically by `up`

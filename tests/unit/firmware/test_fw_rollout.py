@@ -79,12 +79,19 @@ def _events(registry: Registry, prefix: str) -> list[str]:
     return [o for o in ops if o.startswith(prefix)]
 
 
-def test_staged_rollout_advances_pauses_and_completes(setup: RolloutService, registry: Registry) -> None:
+def test_staged_rollout_advances_pauses_and_completes(
+    setup: RolloutService, registry: Registry
+) -> None:
     rs = setup
     out = rs.create(
-        "r1", "meter", "1.1.0", ACTOR, group="field",
+        "r1",
+        "meter",
+        "1.1.0",
+        ACTOR,
+        group="field",
         stages=[Stage.parse("devices:m00,m01"), Stage.parse("50%")],
-        success_threshold=100, error_threshold=50,
+        success_threshold=100,
+        error_threshold=50,
     )
     assert [g["size"] for g in out["groups"]][0] == 2
     assert sum(g["size"] for g in out["groups"]) == 20
@@ -124,8 +131,15 @@ def test_completion_stop_and_rollback(setup: RolloutService, registry: Registry)
     rs.create("ok", "meter", "1.1.0", ACTOR, devices=["m00", "m01"], success_threshold=50)
     rs.record_feedback([Feedback("m00", "success")])
     assert rs.get("ok")["state"] == "completed"
-    rs.create("bad", "meter", "1.1.0", ACTOR, devices=["m02", "m03", "m04"],
-              error_threshold=30, error_action="stop")
+    rs.create(
+        "bad",
+        "meter",
+        "1.1.0",
+        ACTOR,
+        devices=["m02", "m03", "m04"],
+        error_threshold=30,
+        error_action="stop",
+    )
     rs.record_feedback([Feedback("m02", "failure")])
     assert rs.get("bad")["state"] == "stopped"
     back = rs.rollback("bad", ACTOR)
