@@ -10,6 +10,7 @@ device id, exactly where the verified certificate's identity will plug in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -58,10 +59,8 @@ def plane(tmp_path: Path) -> Iterator[dict[str, Any]]:
     def run() -> None:
         asyncio.set_event_loop(loop)
         task.append(loop.create_task(serve(settings, reg, on_ready=on_ready)))
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             loop.run_until_complete(task[0])
-        except asyncio.CancelledError:
-            pass
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
