@@ -57,6 +57,8 @@ from fleetwarden.firmware.keys import PASSPHRASE_ENV
 T = TypeVar("T", bound=Signed)
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 PRODUCT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: role names a product line may not take
+RESERVED = frozenset({"root", "targets", "snapshot", "timestamp"})
 _COMPACT = JSONSerializer(compact=True)
 
 
@@ -314,39 +316,52 @@ class Repository:
         self, product: str, name: str, source: Path, custom: dict[str, Any] | None = None
     ) -> TargetFile:
         """Copy ``source`` in as target ``name`` (under ``<product>/``) and publish it."""
+        return self.add_targets(product, [(name, source, custom)])[0]
+
+    def add_targets(
+        self, product: str, items: Sequence[tuple[str, Path, dict[str, Any] | None]]
+    ) -> list[TargetFile]:
+        """Add several targets in one new version of the product role (one signature)."""
         self._require()
-        if not PRODUCT_RE.match(product):
+        if not PRODUCT_RE.match(product) or product in RESERVED:
             raise RepositoryError(f"invalid product name {product!r}")
-        if not name.startswith(f"{product}/") or ".." in name.split("/"):
-            raise RepositoryError(f"target {name!r} must live under {product}/")
+        for name, _, _ in items:
+            if not name.startswith(f"{product}/") or ".." in name.split("/"):
+                raise RepositoryError(f"target {name!r} must live under {product}/")
         with self._locked():
             self._ensure_delegation(product)
-            h = hashlib.sha256()
-            length = 0
-            parent = self.targets_dir / os.path.dirname(name)
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = parent / f".{os.path.basename(name)}.partial"
-            try:
-                with source.open("rb") as src, tmp.open("wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        h.update(chunk)
-                        dst.write(chunk)
-                        length += len(chunk)
-                digest = h.hexdigest()
-                os.replace(tmp, parent / f"{digest}.{os.path.basename(name)}")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            tf = TargetFile(length=length, hashes={"sha256": digest}, path=name)
-            if custom:
-                tf.unrecognized_fields["custom"] = custom
             role = self.load(product, Targets)
-            role.signed.targets[name] = tf
+            out = []
+            for name, source, custom in items:
+                tf = self._copy_in(name, source)
+                if custom:
+                    tf.unrecognized_fields["custom"] = custom
+                role.signed.targets[name] = tf
+                out.append(tf)
             role.signed.version += 1
             role.signed.expires = _now() + self.expiry.targets
             self._sign_write(product, role, [load_signer(self._product_key_path(product))])
             self._snapshot_timestamp({f"{product}.json": MetaFile(version=role.signed.version)})
-            return tf
+            return out
+
+    def _copy_in(self, name: str, source: Path) -> TargetFile:
+        h = hashlib.sha256()
+        length = 0
+        parent = self.targets_dir / os.path.dirname(name)
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{os.path.basename(name)}.partial"
+        try:
+            with source.open("rb") as src, tmp.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    length += len(chunk)
+            digest = h.hexdigest()
+            os.replace(tmp, parent / f"{digest}.{os.path.basename(name)}")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return TargetFile(length=length, hashes={"sha256": digest}, path=name)
 
     def target_path(self, name: str) -> Path | None:
         """Local file of a published target (for the DDI artifact download)."""

@@ -96,8 +96,9 @@ def _targets(repo: Repository, product: str) -> list[str]:
 
 
 def test_products_and_keys(svc: FirmwareService) -> None:
-    with pytest.raises(ValidationError):
-        svc.add_product("Bad Name", ACTOR)
+    for bad in ("Bad Name", "root", "timestamp", "", "x" * 65):
+        with pytest.raises(ValidationError):
+            svc.add_product(bad, ACTOR)
     svc.add_product("sensor", ACTOR)
     with pytest.raises(ConflictError):
         svc.add_product("sensor", ACTOR)
