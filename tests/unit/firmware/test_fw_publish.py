@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from fleetwarden.errors import ConflictError, NotFoundError, ValidationError
 from fleetwarden.firmware.errors import DowngradeError, ImageRejectedError
-from fleetwarden.firmware.image import ImageVersion, sign_image
+from fleetwarden.firmware.image import HEADER, ImageVersion, sign_image
 from fleetwarden.firmware.keys import FileSigner, generate_key, public_pem
 from fleetwarden.firmware.models import FirmwareRelease
 from fleetwarden.firmware.repository import Repository
@@ -66,7 +66,8 @@ def test_publish_and_refusals(svc: FirmwareService, registry: Registry, tmp_path
         ),
     ]
     garbage = tmp_path / "garbage.bin"
-    garbage.write_bytes(b"\x3d\xb8\xf3\x96" + os.urandom(100))
+    # a valid-looking header announcing 100,000 payload bytes, then nothing
+    garbage.write_bytes(HEADER.pack(0x96F3B83D, 0, 32, 0, 100_000, 0, 2, 0, 0, 0, 0) + b"\0" * 100)
     cases.append((garbage, "2.0.0", ImageRejectedError, "truncated"))
     for image, version, exc, msg in cases:
         with pytest.raises(exc, match=msg):
