@@ -4,8 +4,9 @@ Roles and keys:
 - ``root``: N keys, threshold T, encrypted PEM files that can be moved offline; needed
   only to initialise and to rotate keys;
 - ``targets``: delegates one role per product line (paths ``<product>/*``);
-- ``<product>``: one delegated role per product, signed online when a release is
-  published;
+- ``<product>``: one delegated role per product line, which delegates in turn to 64
+  hash bins ``<product>-bin-NN`` (succinct delegation); bins are signed online when a
+  release is published;
 - ``snapshot`` and ``timestamp``: online keys, short expiry, re-signed by
   :meth:`Repository.refresh` (run periodically by ``fleetwarden up``).
 
@@ -44,6 +45,7 @@ from tuf.api.metadata import (
     Root,
     Signed,
     Snapshot,
+    SuccinctRoles,
     TargetFile,
     Targets,
     Timestamp,
@@ -57,8 +59,17 @@ from fleetwarden.firmware.keys import PASSPHRASE_ENV
 T = TypeVar("T", bound=Signed)
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 PRODUCT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: 2**BIN_BITS hash bins per product line (64): ~160 targets per bin at 10,000 targets
+BIN_BITS = 6
 #: role names a product line may not take
 RESERVED = frozenset({"root", "targets", "snapshot", "timestamp"})
+
+
+def valid_product(name: str) -> bool:
+    """A product name is also a TUF role name; ``-bin-`` would clash with hash bins."""
+    return bool(PRODUCT_RE.match(name)) and name not in RESERVED and "-bin-" not in name
+
+
 _COMPACT = JSONSerializer(compact=True)
 
 
@@ -303,14 +314,55 @@ class Repository:
         targets.signed.version += 1
         targets.signed.expires = _now() + self.expiry.targets
         self._sign_write("targets", targets, [self._online_signer("targets")])
+        # The product role holds no targets itself: it delegates to 2**BIN_BITS hash
+        # bins (TUF succinct delegation, as in PEP 458), so a client verifies one small
+        # bin instead of canonicalising every target of the product line.
+        bins_key = _new_key()
+        write_secret(self._bins_key_path(product), _pem(bins_key, None))
+        bins_pub = SSlibKey.from_crypto(bins_key.public_key())
         role = Metadata(Targets(expires=_now() + self.expiry.targets))
-        self._sign_write(product, role, [load_signer(self._product_key_path(product))])
-        self._snapshot_timestamp(
-            {
-                "targets.json": MetaFile(version=targets.signed.version),
-                f"{product}.json": MetaFile(version=1),
-            }
+        role.signed.delegations = Delegations(
+            keys={bins_pub.keyid: bins_pub},
+            succinct_roles=SuccinctRoles(
+                keyids=[bins_pub.keyid],
+                threshold=1,
+                bit_length=BIN_BITS,
+                name_prefix=f"{product}-bin",
+            ),
         )
+        self._sign_write(product, role, [load_signer(self._product_key_path(product))])
+        changed = {
+            "targets.json": MetaFile(version=targets.signed.version),
+            f"{product}.json": MetaFile(version=1),
+        }
+        bins_signer = _signer(bins_key)
+        assert role.signed.delegations.succinct_roles is not None
+        for name in role.signed.delegations.succinct_roles.get_roles():
+            self._sign_write(
+                name, Metadata(Targets(expires=_now() + self.expiry.targets)), [bins_signer]
+            )
+            changed[f"{name}.json"] = MetaFile(version=1)
+        self._snapshot_timestamp(changed)
+
+    def _bins_key_path(self, product: str) -> Path:
+        return self.keys_dir / f"product-{product}-bins.pem"
+
+    def _bin_of(self, product: str, name: str) -> str:
+        role = self.load(product, Targets)
+        dele = role.signed.delegations
+        if dele is None or dele.succinct_roles is None:
+            raise RepositoryError(f"product role {product} has no hash-bin delegation")
+        return str(dele.succinct_roles.get_role_for_target(name))
+
+    def targets_of(self, product: str) -> dict[str, TargetFile]:
+        """Every target of a product line (all bins)."""
+        role = self.load(product, Targets)
+        dele = role.signed.delegations
+        out: dict[str, TargetFile] = {}
+        if dele is not None and dele.succinct_roles is not None:
+            for name in dele.succinct_roles.get_roles():
+                out.update(self.load(name, Targets).signed.targets)
+        return out
 
     def add_target(
         self, product: str, name: str, source: Path, custom: dict[str, Any] | None = None
@@ -323,25 +375,32 @@ class Repository:
     ) -> list[TargetFile]:
         """Add several targets in one new version of the product role (one signature)."""
         self._require()
-        if not PRODUCT_RE.match(product) or product in RESERVED:
+        if not valid_product(product):
             raise RepositoryError(f"invalid product name {product!r}")
         for name, _, _ in items:
             if not name.startswith(f"{product}/") or ".." in name.split("/"):
                 raise RepositoryError(f"target {name!r} must live under {product}/")
         with self._locked():
             self._ensure_delegation(product)
-            role = self.load(product, Targets)
+            bins: dict[str, Metadata[Any]] = {}
             out = []
             for name, source, custom in items:
                 tf = self._copy_in(name, source)
                 if custom:
                     tf.unrecognized_fields["custom"] = custom
-                role.signed.targets[name] = tf
+                b = self._bin_of(product, name)
+                if b not in bins:
+                    bins[b] = self.load(b, Targets)
+                bins[b].signed.targets[name] = tf
                 out.append(tf)
-            role.signed.version += 1
-            role.signed.expires = _now() + self.expiry.targets
-            self._sign_write(product, role, [load_signer(self._product_key_path(product))])
-            self._snapshot_timestamp({f"{product}.json": MetaFile(version=role.signed.version)})
+            signer = load_signer(self._bins_key_path(product))
+            changed = {}
+            for b, md in bins.items():
+                md.signed.version += 1
+                md.signed.expires = _now() + self.expiry.targets
+                self._sign_write(b, md, [signer])
+                changed[f"{b}.json"] = MetaFile(version=md.signed.version)
+            self._snapshot_timestamp(changed)
             return out
 
     def _copy_in(self, name: str, source: Path) -> TargetFile:
@@ -367,7 +426,7 @@ class Repository:
         """Local file of a published target (for the DDI artifact download)."""
         product = name.split("/", 1)[0]
         try:
-            role = self.load(product, Targets)
+            role = self.load(self._bin_of(product, name), Targets)
         except (RepositoryError, OSError):
             return None
         tf = role.signed.targets.get(name)

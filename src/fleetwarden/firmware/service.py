@@ -29,7 +29,7 @@ from fleetwarden.firmware.errors import DowngradeError, ImageRejectedError
 from fleetwarden.firmware.image import ImageVersion, VerifiedImage, verify_image
 from fleetwarden.firmware.keys import PublicKey, algorithm_of, key_id, load_public_key, public_pem
 from fleetwarden.firmware.models import FirmwareKey, FirmwareProduct, FirmwareRelease
-from fleetwarden.firmware.repository import PRODUCT_RE, RESERVED, Expiry, Repository, target_name
+from fleetwarden.firmware.repository import Expiry, Repository, target_name, valid_product
 from fleetwarden.registry import Actor, Registry
 from fleetwarden.settings import Settings
 
@@ -138,10 +138,10 @@ class FirmwareService:
         return p
 
     def add_product(self, name: str, actor: Actor, description: str | None = None) -> None:
-        if not PRODUCT_RE.match(name) or name in RESERVED:
+        if not valid_product(name):
             raise ValidationError(
                 "product names are 1-64 lowercase letters, digits, '-' or '_' (first a letter "
-                "or digit), and not a TUF role name (root, targets, snapshot, timestamp)"
+                "or digit), not a TUF role name (root, targets, snapshot, timestamp), without -bin-"
             )
         with self.registry.session() as s:
             if s.scalar(select(FirmwareProduct).where(FirmwareProduct.name == name)):

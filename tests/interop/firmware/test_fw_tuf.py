@@ -250,6 +250,9 @@ def test_consistent_snapshot_layout(repo: Repository) -> None:
     assert root.signed.consistent_snapshot
     names = {p.name for p in repo.metadata_dir.iterdir()}
     assert {"1.root.json", "timestamp.json", "1.targets.json", "2.targets.json"} <= names
-    assert any(n.endswith(".cam.json") for n in names)
+    assert "1.cam.json" in names
+    assert sum(n.endswith(".json") and ".cam-bin-" in n for n in names) >= 64
+    # the two targets sit in their hash bins, each bin signed with its own version
+    assert sorted(repo.targets_of("cam")) == ["cam/1.0.0/fw.bin", "cam/1.1.0/fw.bin"]
     files = list((repo.targets_dir / "cam" / "1.0.0").iterdir())
     assert len(files) == 1 and len(files[0].name.split(".", 1)[0]) == 64
