@@ -122,32 +122,45 @@ def bench_tuf(tmp: Path, n: int) -> list[str]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    role = max(repo.metadata_dir.glob("*.fleet.json"), key=lambda p: int(p.name.split(".")[0]))
-    role_kb = role.stat().st_size / 1024
+    target = items[-1][0]
+    bin_role = repo._bin_of("fleet", target)  # noqa: SLF001
+
+    def latest(role: str) -> str:
+        return max(
+            (p.name for p in repo.metadata_dir.glob(f"*.{role}.json")),
+            key=lambda n: int(n.split(".")[0]),
+        )
+
+    # what a cold client fetches: timestamp, snapshot, targets, product role, one bin
+    fetched = ["timestamp.json", latest("snapshot"), latest("targets"), latest("fleet"), latest(bin_role)]
+    bin_kb = (repo.metadata_dir / latest(bin_role)).stat().st_size / 1024
 
     def cold() -> None:
         d = Path(tempfile.mkdtemp(dir=tmp))
         shutil.copyfile(repo.metadata_dir / "1.root.json", d / "root.json")
         up = Updater(str(d), f"{base}/metadata/", str(d), f"{base}/targets/", bootstrap=None)
         up.refresh()
-        assert up.get_targetinfo(f"fleet/99.99.0/fw-{n - 1}.bin" if n == 10000 else items[-1][0])
+        assert up.get_targetinfo(target)
 
     def raw_get() -> None:
-        with urllib.request.urlopen(f"{base}/metadata/{role.name}") as r:  # noqa: S310
-            json.loads(r.read())
+        for name in fetched:
+            with urllib.request.urlopen(f"{base}/metadata/{name}") as r:  # noqa: S310
+                json.loads(r.read())
 
     ours = _best(cold, 5)
     floor = _best(raw_get, 5)
     httpd.shutdown()
     return [
         f"### TUF refresh, {n:,} targets (loopback HTTP)\n",
-        f"product role: {role_kb:,.0f} KiB; repository build (one signed role version): {build:.1f} s\n",
+        f"64 hash bins per product line (bin of the target: {bin_kb:,.0f} KiB); "
+        f"repository build (all {n:,} targets in one publish): {build:.1f} s\n",
         "| what | ms |",
         "|---|---|",
-        f"| GET + json.loads of the product role (baseline) | {floor * 1000:.0f} |",
+        f"| GET + json.loads of the 5 files the client fetches (baseline) | {floor * 1000:.0f} |",
         f"| ngclient cold refresh + get_targetinfo | {ours * 1000:.0f} |",
         "",
-        f"refresh = **{ours * 1000:.0f} ms** (target <= 300 ms), {ours / floor:.1f}x the bare download+parse.\n",
+        f"refresh = **{ours * 1000:.0f} ms** (target <= 300 ms), {ours / floor:.1f}x the bare "
+        "download+parse (the rest is signature checks and TUF's canonical JSON).\n",
     ]
 
 
