@@ -75,7 +75,9 @@ def bench_verify(tmp: Path, mb: int) -> list[str]:
     for _ in range(3):
         out = subprocess.run(
             [sys.executable, __file__, "--child-verify", str(img), str(pub)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         runs.append(json.loads(out.stdout))
     ours = min(r["seconds"] for r in runs)
@@ -123,7 +125,7 @@ def bench_tuf(tmp: Path, n: int) -> list[str]:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     target = items[-1][0]
-    bin_role = repo._bin_of("fleet", target)  # noqa: SLF001
+    bin_role = repo._bin_of("fleet", target)
 
     def latest(role: str) -> str:
         return max(
@@ -132,7 +134,13 @@ def bench_tuf(tmp: Path, n: int) -> list[str]:
         )
 
     # what a cold client fetches: timestamp, snapshot, targets, product role, one bin
-    fetched = ["timestamp.json", latest("snapshot"), latest("targets"), latest("fleet"), latest(bin_role)]
+    fetched = [
+        "timestamp.json",
+        latest("snapshot"),
+        latest("targets"),
+        latest("fleet"),
+        latest(bin_role),
+    ]
     bin_kb = (repo.metadata_dir / latest(bin_role)).stat().st_size / 1024
 
     def cold() -> None:
@@ -144,7 +152,7 @@ def bench_tuf(tmp: Path, n: int) -> list[str]:
 
     def raw_get() -> None:
         for name in fetched:
-            with urllib.request.urlopen(f"{base}/metadata/{name}") as r:  # noqa: S310
+            with urllib.request.urlopen(f"{base}/metadata/{name}") as r:
                 json.loads(r.read())
 
     ours = _best(cold, 5)
@@ -193,9 +201,17 @@ def bench_rollout(tmp: Path, n: int) -> list[str]:
 
     now = datetime.now(UTC)
     rows = [
-        {"id": f"m{i:07d}", "risk_class": "medium", "key_storage": "unknown", "ip_fixed": False,
-         "allowed_cidrs": [], "status": "active", "attributes": {}, "created_at": now,
-         "updated_at": now}
+        {
+            "id": f"m{i:07d}",
+            "risk_class": "medium",
+            "key_storage": "unknown",
+            "ip_fixed": False,
+            "allowed_cidrs": [],
+            "status": "active",
+            "attributes": {},
+            "created_at": now,
+            "updated_at": now,
+        }
         for i in range(n)
     ]
     with reg.session() as s:
@@ -210,9 +226,7 @@ def bench_rollout(tmp: Path, n: int) -> list[str]:
     t = time.perf_counter()
     applied = 0
     for k in range(0, n, batch):
-        res = rs.record_feedback(
-            [Feedback(d, "success") for d in devices[k : k + batch]]
-        )
+        res = rs.record_feedback([Feedback(d, "success") for d in devices[k : k + batch]])
         applied += res.applied
     ours = time.perf_counter() - t
     # baseline: the bare UPDATE of the same rows, same batches, no events or counters

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from fleetwarden.api.auth import READ, WRITE, client_ip, require
+from fleetwarden.api.auth import READ, WRITE, client_ip, registry_of, require
 from fleetwarden.errors import TooLargeError
 from fleetwarden.firmware import ddi
 from fleetwarden.firmware.rollout import RolloutService, Stage
@@ -32,11 +32,11 @@ UPLOAD_PATH = "/v1/firmware/releases"
 
 
 def _svc(request: Request) -> FirmwareService:
-    return FirmwareService(request.app.state.registry, request.app.state.settings)
+    return FirmwareService(registry_of(request), request.app.state.settings)
 
 
 def _rollouts(request: Request) -> RolloutService:
-    return RolloutService(request.app.state.registry)
+    return RolloutService(registry_of(request))
 
 
 class ProductIn(BaseModel):
