@@ -103,8 +103,12 @@ async def publish(
     version: Annotated[str, Query(max_length=32)],
 ) -> dict[str, Any]:
     """Upload a signed MCUboot image (``application/octet-stream``) and publish it."""
-    limit = request.app.state.settings.firmware.max_image_bytes
-    fd, name = tempfile.mkstemp(prefix="fw-upload-", suffix=".bin")
+    settings = request.app.state.settings
+    limit = settings.firmware.max_image_bytes
+    # uploads land next to the repository (same filesystem, no size surprise in /tmp)
+    spool = settings.data_dir / "firmware" / "uploads"
+    spool.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="fw-upload-", suffix=".bin", dir=spool)
     try:
         size = 0
         with os.fdopen(fd, "wb") as fh:

@@ -272,7 +272,7 @@ class FirmwareService:
             if not FILENAME_RE.match(fname):
                 raise ValidationError(f"invalid file name {fname!r}")
             return self._record(image, product, verified, fname, actor)
-        except (ImageRejectedError, ValidationError, ConflictError) as exc:
+        except (ImageRejectedError, ValidationError, ConflictError, NotFoundError) as exc:
             self._refuse(actor, product, image, str(exc))
             raise
 

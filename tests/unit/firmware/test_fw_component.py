@@ -27,4 +27,6 @@ def test_refresh_once_resigns_due_timestamp(tmp_path: Path) -> None:
     ts.signed.expires = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
     repo._sign_write("timestamp", ts, [repo._online_signer("timestamp")])
     assert asyncio.run(comp.refresh_once()) == ["timestamp"]
-    assert repo.load("timestamp", Timestamp).signed.expires > datetime.now(UTC) + timedelta(hours=12)
+    assert repo.load("timestamp", Timestamp).signed.expires > datetime.now(UTC) + timedelta(
+        hours=12
+    )

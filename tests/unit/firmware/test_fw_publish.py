@@ -81,7 +81,7 @@ def test_publish_and_refusals(svc: FirmwareService, registry: Registry, tmp_path
     assert [t.split("/")[1] for t in _targets(svc.repo, "gateway")] == ["1.0.0"]
     events = _events(registry)
     refusals = [e for e in events if e["status_id"] == 2]
-    assert len(refusals) == len(cases) + 1
+    assert len(refusals) == len(cases) + 2  # + "no trusted key" + unknown product
     assert any("security counter" in e["message"] for e in refusals)
     assert any(e["message"].startswith("firmware gateway 1.0.0") for e in events)
 
