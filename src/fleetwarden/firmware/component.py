@@ -1,5 +1,6 @@
 """The firmware component of ``fleetwarden up``: serves the TUF repository as static
-files under ``/tuf`` and keeps the online roles (timestamp, snapshot) fresh.
+files under ``/tuf``, keeps the online roles (timestamp, snapshot) fresh, and batches
+DDI feedback into few transactions.
 
 Invariant: a refresh failure is logged and retried at the next interval; it never stops
 the service (clients keep working until the old timestamp expires).
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
+from fleetwarden.firmware.rollout import FeedbackBatcher, RolloutService
 from fleetwarden.firmware.service import repository_for
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ class FirmwareComponent:
         ctx.urls["TUF"] = f"{base}/tuf/metadata/"
         ctx.urls["DDI"] = f"{base}/{ctx.settings.firmware.ddi_tenant}/controller/v1/"
         self._task = asyncio.create_task(self._run(), name="firmware-tuf-refresh")
+        self._batcher = FeedbackBatcher(RolloutService(ctx.registry))
+        self._batcher.start()
+        ctx.app.state.feedback_batcher = self._batcher
 
     async def refresh_once(self) -> list[str]:
         repo = repository_for(self._ctx.settings)
@@ -62,6 +67,9 @@ class FirmwareComponent:
             await asyncio.sleep(self._ctx.settings.firmware.refresh_interval_seconds)
 
     async def stop(self) -> None:
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:
+            await batcher.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -22,7 +22,9 @@ Invariants:
   only download the artifact of that deployment;
 - feedback bodies are validated and size-limited (the app's body limit applies);
   feedback for an action that is not the device's open deployment is refused (409 not
-  applied), never applied elsewhere.
+  applied), never applied elsewhere;
+- under ``up``, feedback goes through the component's :class:`FeedbackBatcher` (one
+  transaction for many concurrent reports); without it, one transaction per report.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from fleetwarden.errors import AuthError, ConflictError, NotFoundError, PermissionDeniedError
 from fleetwarden.events import authentication
-from fleetwarden.firmware.rollout import Feedback, RolloutService
+from fleetwarden.firmware.rollout import Feedback, FeedbackBatcher, RolloutService
 from fleetwarden.firmware.service import repository_for
 from fleetwarden.registry import Registry
 from fleetwarden.settings import Settings
@@ -231,7 +234,7 @@ def deployment_base(
 
 
 @router.post("/{tenant}/controller/v1/{controller_id}/deploymentBase/{action_id}/feedback")
-def feedback(
+async def feedback(
     tenant: str,
     controller_id: str,
     action_id: int,
@@ -239,8 +242,8 @@ def feedback(
     request: Request,
     device: str = Depends(authenticated_device),
 ) -> JSONResponse:
-    _check(request, tenant, controller_id, device)
-    dep = _pending(request, device)
+    await run_in_threadpool(_check, request, tenant, controller_id, device)
+    dep = await run_in_threadpool(_pending, request, device)
     if dep is None or dep["action_id"] != action_id:
         raise ConflictError(f"action {action_id} is not open for device {device}")
     st = body.status
@@ -252,9 +255,17 @@ def feedback(
     else:
         status = "proceeding"
     detail = "; ".join(d[:200] for d in st.details[:5]) or None
-    RolloutService(request.app.state.registry).record_feedback(
-        [Feedback(device, status, detail, dep["rollout"])], actor=f"device:{device}"
-    )
+    report = Feedback(device, status, detail, dep["rollout"], actor=f"device:{device}")
+    batcher: FeedbackBatcher | None = getattr(request.app.state, "feedback_batcher", None)
+    if batcher is not None:
+        applied = await batcher.submit(report)
+    else:
+        res = await run_in_threadpool(
+            RolloutService(request.app.state.registry).record_feedback, [report]
+        )
+        applied = res.applied == 1
+    if not applied:
+        raise ConflictError(f"action {action_id} is no longer open for device {device}")
     return JSONResponse({}, status_code=200)
 
 

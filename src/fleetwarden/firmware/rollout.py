@@ -24,6 +24,8 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import math
 from collections.abc import Sequence
@@ -119,6 +121,8 @@ class Feedback:
     status: FeedbackStatus
     detail: str | None = None
     rollout: str | None = None
+    #: who reported (``device:<id>`` over DDI); defaults to the batch's actor
+    actor: str | None = None
 
 
 @dataclass
@@ -126,6 +130,8 @@ class FeedbackResult:
     applied: int = 0
     ignored: int = 0
     transitions: list[str] = field(default_factory=list)
+    #: per report, in order: was it applied
+    outcomes: list[bool] = field(default_factory=list)
 
 
 def _rollout_event(actor: str, r: FirmwareRollout, transition: str, message: str) -> Event:
@@ -461,9 +467,11 @@ class RolloutService:
                 row = open_rows.get(f.device_id)
                 if row is None or (f.rollout is not None and rollouts[row[0]].name != f.rollout):
                     res.ignored += 1
+                    res.outcomes.append(False)
                     continue
                 rid, gi = row
                 res.applied += 1
+                res.outcomes.append(True)
                 detail = (f.detail or "")[:512] or None
                 updates.append(
                     {"r": rid, "d": f.device_id, "state": f.status, "detail": detail, "at": now}
@@ -480,7 +488,7 @@ class RolloutService:
                     {
                         "payload": device_config_change(
                             device_uid=f.device_id,
-                            actor=actor,
+                            actor=f.actor or actor,
                             message=f"firmware {version} "
                             + ("installed and confirmed" if f.status == "success" else "failed")
                             + f" (rollout {rollouts[rid].name})",
@@ -641,3 +649,64 @@ class RolloutService:
                 .group_by(FirmwareDeployment.state)
             )
             return {st: int(n) for st, n in rows}
+
+
+class FeedbackBatcher:
+    """Groups concurrent device reports into one ``record_feedback`` transaction.
+
+    The DDI route awaits :meth:`submit`; a single task drains the queue, waiting at most
+    ``linger`` seconds after the first report for up to ``max_batch`` reports. Each
+    caller learns whether its own report was applied. One transaction per batch instead
+    of per request is what lets one database absorb a fleet reporting at once.
+    """
+
+    def __init__(self, service: RolloutService, *, max_batch: int = 1000, linger: float = 0.02):
+        self.service = service
+        self.max_batch = max_batch
+        self.linger = linger
+        self._queue: asyncio.Queue[tuple[Feedback, asyncio.Future[bool]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="firmware-feedback-batcher")
+
+    async def submit(self, report: Feedback) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._queue.put((report, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.linger
+            while len(batch) < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            try:
+                res = await run_in_threadpool(self.service.record_feedback, [r for r, _ in batch])
+            except Exception as exc:  # the callers get the error; the batcher lives on
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), ok in zip(batch, res.outcomes, strict=True):
+                if not fut.done():
+                    fut.set_result(ok)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.cancel()

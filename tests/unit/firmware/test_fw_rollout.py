@@ -152,3 +152,45 @@ def test_completion_stop_and_rollback(setup: RolloutService, registry: Registry)
         rs.rollback("bad-rollback", ACTOR)  # 1.0.0 has no previous release
     with pytest.raises(ValidationError):
         rs.create("none", "meter", "1.1.0", ACTOR)
+
+
+def test_feedback_batcher_groups_concurrent_reports(
+    setup: RolloutService, registry: Registry
+) -> None:
+    import asyncio
+
+    from fleetwarden.firmware.rollout import FeedbackBatcher
+
+    rs = setup
+    devs = [f"m{i:02d}" for i in range(20)]
+    rs.create("b", "meter", "1.1.0", ACTOR, devices=devs, success_threshold=100)
+    calls: list[int] = []
+    real = rs.record_feedback
+
+    def counting(reports, actor="ddi"):  # type: ignore[no-untyped-def]
+        calls.append(len(reports))
+        return real(reports, actor)
+
+    rs.record_feedback = counting  # type: ignore[method-assign]
+
+    async def main() -> list[bool]:
+        b = FeedbackBatcher(rs, linger=0.05)
+        b.start()
+        try:
+            reports = [Feedback(d, "success", actor=f"device:{d}") for d in devs]
+            reports.append(Feedback("ghost", "success"))
+            return await asyncio.gather(*(b.submit(r) for r in reports))
+        finally:
+            await b.stop()
+
+    results = asyncio.run(main())
+    assert results == [True] * 20 + [False]
+    assert sum(calls) == 21 and len(calls) < 21  # batched, not one call per report
+    assert rs.get("b")["state"] == "completed"
+    with registry.session() as s:
+        actors = {
+            e.payload.get("actor", {}).get("user", {}).get("name")
+            for e in s.scalars(select(OutboxEvent))
+            if e.payload["class_uid"] == 5019
+        }
+    assert "device:m05" in actors
