@@ -18,6 +18,7 @@ from fleetwarden.cli._common import (
     print_json,
     settings,
 )
+from fleetwarden.errors import ValidationError
 from fleetwarden.firmware import agent as agent_mod
 from fleetwarden.firmware.errors import SigningKeyError
 from fleetwarden.firmware.image import DEFAULT_HEADER_SIZE, ImageVersion, sign_image, verify_image
@@ -441,7 +442,7 @@ def rollout_report(
 ) -> None:
     """Record a device's result by hand (devices normally report over DDI)."""
     if status not in {"proceeding", "success", "failure"}:
-        raise SigningKeyError("status is proceeding, success or failure")
+        raise ValidationError("status is proceeding, success or failure")
     reg = open_registry()
     try:
         res = RolloutService(reg).record_feedback(

@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -396,7 +395,3 @@ class FirmwareService:
             if r is None:
                 raise NotFoundError(f"no release {version} of {product}")
             return release_out(product, r)
-
-
-def file_size(path: Path) -> int:
-    return os.stat(path).st_size

@@ -30,3 +30,19 @@ def test_refresh_once_resigns_due_timestamp(tmp_path: Path) -> None:
     assert repo.load("timestamp", Timestamp).signed.expires > datetime.now(UTC) + timedelta(
         hours=12
     )
+
+
+def test_settings_from_env(data_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fleetwarden.errors import ConfigError
+    from fleetwarden.settings import load_settings
+
+    monkeypatch.setenv("FLEETWARDEN_FIRMWARE__DDI_TENANT", "acme")
+    monkeypatch.setenv("FLEETWARDEN_FIRMWARE__TIMESTAMP_EXPIRY_SECONDS", "3600")
+    s = load_settings()
+    assert s.firmware.ddi_tenant == "acme"
+    assert s.firmware.timestamp_expiry_seconds == 3600
+    monkeypatch.setenv("FLEETWARDEN_FIRMWARE__DDI_POLLING_INTERVAL", "5 minutes")
+    import pytest
+
+    with pytest.raises(ConfigError):
+        load_settings()
