@@ -134,10 +134,16 @@ def components(settings: Settings) -> list[Component]:
     """Every component ``up`` runs, in start order. Controls add themselves here."""
     from fleetwarden.auditlog.component import AuditLogComponent
     from fleetwarden.detect.service import DetectService
+    from fleetwarden.firmware.component import FirmwareComponent
 
     detect = [DetectService(settings.detect, settings.data_dir)] if settings.detect.enabled else []
     # the audit log starts before (and so stops after) the relay that feeds it
-    return [*([AuditLogComponent()] if settings.auditlog.enabled else []), OutboxRelay(), *detect]
+    return [
+        *([AuditLogComponent()] if settings.auditlog.enabled else []),
+        OutboxRelay(),
+        *detect,
+        FirmwareComponent(),
+    ]
 
 
 async def serve(

@@ -26,6 +26,7 @@ from pydantic_settings import (
 from fleetwarden.auditlog.config import AuditLogSettings
 from fleetwarden.detect.config import DetectSettings
 from fleetwarden.errors import ConfigError
+from fleetwarden.firmware.config import FirmwareSettings
 
 CONFIG_FILE = "fleetwarden.toml"
 DEFAULT_DATA_DIR = Path("fleetwarden-data")
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     auditlog: AuditLogSettings = Field(default_factory=AuditLogSettings)
     detect: DetectSettings = Field(default_factory=DetectSettings)
+    firmware: FirmwareSettings = Field(default_factory=FirmwareSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -20,6 +20,7 @@ from fleetwarden.api.auth import READ, require
 from fleetwarden.api.limits import BodyLimitMiddleware
 from fleetwarden.api.routes import auditlog, detect, devices, groups, tokens
 from fleetwarden.errors import AuthError, Error
+from fleetwarden.firmware import api as firmware_api
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import explain
 from fleetwarden.settings import Settings
@@ -41,7 +42,10 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_request_bytes,
-        large_paths={"/v1/devices/import": settings.max_import_bytes},
+        large_paths={
+            "/v1/devices/import": settings.max_import_bytes,
+            firmware_api.UPLOAD_PATH: settings.firmware.max_image_bytes,
+        },
     )
 
     @app.exception_handler(Error)
@@ -90,4 +94,5 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(auditlog.router)
     app.include_router(detect.router)
+    app.include_router(firmware_api.router)
     return app

@@ -11,7 +11,7 @@ import typer
 
 from fleetwarden import __version__
 from fleetwarden._internal.files import atomic_write, ensure_private_dir
-from fleetwarden.cli import alerts, auditlog, detect, device, group, token
+from fleetwarden.cli import alerts, auditlog, detect, device, firmware, group, token
 from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import Role, TokenCreate
@@ -29,6 +29,7 @@ app.add_typer(token.app, name="token")
 app.add_typer(auditlog.app, name="log")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(detect.app, name="detect")
+app.add_typer(firmware.app, name="firmware")
 
 
 @app.callback()

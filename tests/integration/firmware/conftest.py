@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+import fleetwarden.firmware.models  # noqa: F401  (registers the firmware tables)
