@@ -1,0 +1,355 @@
+"""Key backends: one small interface (public key + sign) for CA and device keys.
+
+Backends:
+
+- :class:`SoftwareKey`: a key held in memory, loaded from (or saved to) an encrypted
+  PKCS#8 file, mode 0600, passphrase from an environment variable or a file;
+- :class:`Pkcs11Key`: a key generated *on* a PKCS#11 token (SoftHSM2 in tests) with
+  ``CKA_SENSITIVE`` true and ``CKA_EXTRACTABLE`` false, so it never leaves the token;
+  every signature is made by the token.
+
+``cryptography`` only signs with its own key objects, so for a token key the builders
+(certificate, CRL, CSR) are first signed with a throw-away key of the same algorithm;
+the to-be-signed bytes (which already carry the right signature algorithm identifier
+and all names and extensions) are then signed by the backend and the DER is
+re-assembled (:func:`sign_certificate`, :func:`sign_crl`, :func:`sign_csr`).
+
+Invariants: the private key of a token backend is never read; the software backend
+never writes a key unencrypted; signatures use SHA-256 for P-256 (and RSA), SHA-384
+for P-384, and pure EdDSA for Ed25519.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from fleetwarden._internal.files import write_secret
+from fleetwarden.identity.errors import KeyBackendError
+
+#: key types a backend can hold
+KEY_ALGORITHMS = ("ec-p256", "ec-p384", "ed25519")
+
+
+@runtime_checkable
+class KeyBackend(Protocol):
+    """Anything that can sign and tell its public key."""
+
+    algorithm: str
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``data`` (DER signature for ECDSA, raw for Ed25519)."""
+        ...
+
+
+def hash_for(algorithm: str) -> hashes.SHA256 | hashes.SHA384 | None:
+    if algorithm == "ec-p384":
+        return hashes.SHA384()
+    if algorithm == "ed25519":
+        return None
+    return hashes.SHA256()
+
+
+def algorithm_of(key: Any) -> str:
+    """Our name of a (public or private) key's algorithm."""
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        name = key.curve.name
+        return {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}.get(name, f"ec-{name}")
+    if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
+        return "ed25519"
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return "rsa"
+    return type(key).__name__
+
+
+def generate_private_key(algorithm: str) -> CertificateIssuerPrivateKeyTypes:
+    if algorithm == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if algorithm == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise KeyBackendError(f"unsupported key algorithm {algorithm!r}")
+
+
+class SoftwareKey:
+    """A private key in process memory; persisted only as encrypted PKCS#8."""
+
+    def __init__(self, key: CertificateIssuerPrivateKeyTypes) -> None:
+        self.private_key = key
+        self.algorithm = algorithm_of(key)
+        self._hash = hash_for(self.algorithm)
+
+    @classmethod
+    def generate(cls, algorithm: str = "ec-p256") -> SoftwareKey:
+        return cls(generate_private_key(algorithm))
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        return self.private_key.public_key()
+
+    def sign(self, data: bytes) -> bytes:
+        k = self.private_key
+        if isinstance(k, ec.EllipticCurvePrivateKey):
+            assert self._hash is not None
+            return k.sign(data, ec.ECDSA(self._hash))
+        if isinstance(k, ed25519.Ed25519PrivateKey):
+            return k.sign(data)
+        if isinstance(k, rsa.RSAPrivateKey):
+            return k.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        raise KeyBackendError(f"cannot sign with {self.algorithm}")
+
+    def save(self, path: Path, passphrase: bytes | None) -> None:
+        """Write the key as PKCS#8 (encrypted when a passphrase is given), mode 0600."""
+        enc: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase)
+            if passphrase
+            else serialization.NoEncryption()
+        )
+        pem = self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
+        )
+        write_secret(path, pem)
+
+    @classmethod
+    def load(cls, path: Path, passphrase: bytes | None) -> SoftwareKey:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyBackendError(f"cannot read key file {path}: {exc.strerror}") from exc
+        try:
+            key = serialization.load_pem_private_key(data, passphrase)
+        except (ValueError, TypeError) as exc:
+            raise KeyBackendError(
+                f"cannot decrypt key file {path}: wrong or missing passphrase"
+            ) from exc
+        if not isinstance(
+            key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+        ):
+            raise KeyBackendError(f"{path}: unsupported key type")
+        return cls(key)
+
+
+def read_secret(env_name: str | None, file: Path | None, what: str) -> bytes | None:
+    """A secret from an environment variable (first) or a file; None when neither."""
+    if env_name and os.environ.get(env_name):
+        return os.environ[env_name].encode()
+    if file is not None:
+        try:
+            value = file.read_bytes().strip()
+        except OSError as exc:
+            raise KeyBackendError(f"cannot read the {what} file {file}: {exc.strerror}") from exc
+        if not value:
+            raise KeyBackendError(f"the {what} file {file} is empty")
+        return value
+    return None
+
+
+class Pkcs11Key:
+    """An EC key that lives on a PKCS#11 token and signs there.
+
+    One session per key object, guarded by a lock: PKCS#11 sessions are not safe for
+    concurrent use from several threads.
+    """
+
+    def __init__(self, session: Any, private: Any, public: Any, algorithm: str) -> None:
+        self._session = session
+        self._private = private
+        self._pub_der = _pkcs11_public_der(public)
+        self.algorithm = algorithm
+        self._lock = threading.Lock()
+        loaded = serialization.load_der_public_key(self._pub_der)
+        if not isinstance(loaded, ec.EllipticCurvePublicKey):
+            raise KeyBackendError("token key is not an EC key")
+        self._public = loaded
+
+    @staticmethod
+    def _open(module: Path, token_label: str, pin: bytes | None) -> Any:
+        try:
+            import pkcs11
+
+            lib = pkcs11.lib(str(module))
+            token = lib.get_token(token_label=token_label)
+            return token.open(user_pin=pin.decode() if pin else None, rw=True)
+        except Exception as exc:  # python-pkcs11 raises many unrelated types
+            raise KeyBackendError(
+                f"cannot open PKCS#11 token {token_label!r} via {module}: {exc!r}"
+            ) from exc
+
+    @classmethod
+    def generate(
+        cls, module: Path, token_label: str, pin: bytes | None, label: str, algorithm: str
+    ) -> Pkcs11Key:
+        """Generate a key pair on the token: sensitive, never extractable."""
+        import pkcs11
+        from pkcs11 import Attribute, KeyType
+        from pkcs11.util.ec import encode_named_curve_parameters
+
+        curve = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}.get(algorithm)
+        if curve is None:
+            raise KeyBackendError(f"PKCS#11 backend supports ec-p256 and ec-p384, not {algorithm}")
+        session = cls._open(module, token_label, pin)
+        try:
+            try:
+                session.get_key(label=label, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
+            except pkcs11.NoSuchKey:
+                pass
+            else:
+                raise KeyBackendError(f"token already holds a key labelled {label!r}")
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True
+            )
+            pub, priv = params.generate_keypair(
+                store=True,
+                label=label,
+                private_template={
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.TOKEN: True,
+                },
+            )
+        except KeyBackendError:
+            session.close()
+            raise
+        except Exception as exc:
+            session.close()
+            raise KeyBackendError(f"key generation on the token failed: {exc!r}") from exc
+        return cls(session, priv, pub, algorithm)
+
+    @classmethod
+    def load(cls, module: Path, token_label: str, pin: bytes | None, label: str) -> Pkcs11Key:
+        import pkcs11
+
+        session = cls._open(module, token_label, pin)
+        try:
+            priv = session.get_key(label=label, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
+            pub = session.get_key(label=label, object_class=pkcs11.ObjectClass.PUBLIC_KEY)
+        except Exception as exc:
+            session.close()
+            raise KeyBackendError(f"no key labelled {label!r} on the token: {exc!r}") from exc
+        loaded = serialization.load_der_public_key(_pkcs11_public_der(pub))
+        return cls(session, priv, pub, algorithm_of(loaded))
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        return self._public
+
+    def sign(self, data: bytes) -> bytes:
+        from pkcs11 import Mechanism
+
+        mech = Mechanism.ECDSA_SHA384 if self.algorithm == "ec-p384" else Mechanism.ECDSA_SHA256
+        with self._lock:
+            raw = self._private.sign(data, mechanism=mech)
+        # PKCS#11 returns r || s; X.509 wants the DER SEQUENCE { r, s }.
+        half = len(raw) // 2
+        return encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+
+    def attribute(self, name: str) -> Any:
+        """A private-key attribute by name (``SENSITIVE``, ``EXTRACTABLE``...), for checks."""
+        from pkcs11 import Attribute
+
+        with self._lock:
+            return self._private[getattr(Attribute, name)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+def _pkcs11_public_der(pub: Any) -> bytes:
+    from pkcs11.util.ec import encode_ec_public_key
+
+    return bytes(encode_ec_public_key(pub))
+
+
+# -- signing builders with any backend ----------------------------------------------
+
+
+@cache
+def _stand_in(algorithm: str) -> CertificateIssuerPrivateKeyTypes:
+    """A throw-away key of the backend's algorithm, used only to obtain TBS bytes."""
+    return generate_private_key(algorithm)
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int]:
+    """(start of value, end of element) of the DER element starting at ``pos``."""
+    length = data[pos + 1]
+    if length < 0x80:
+        return pos + 2, pos + 2 + length
+    n = length & 0x7F
+    value_len = int.from_bytes(data[pos + 2 : pos + 2 + n], "big")
+    start = pos + 2 + n
+    return start, start + value_len
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _resign(signed_der: bytes, tbs: bytes, backend: KeyBackend) -> bytes:
+    """Replace the signature of a signed structure {tbs, algId, BIT STRING} by the
+    backend's signature over the same TBS bytes."""
+    outer_start, _ = _tlv(signed_der, 0)
+    _, tbs_end = _tlv(signed_der, outer_start)
+    _, alg_end = _tlv(signed_der, tbs_end)
+    alg = signed_der[tbs_end:alg_end]
+    sig = backend.sign(tbs)
+    bitstring = b"\x03" + _der_len(len(sig) + 1) + b"\x00" + sig
+    body = tbs + alg + bitstring
+    return b"\x30" + _der_len(len(body)) + body
+
+
+def _software(backend: KeyBackend) -> CertificateIssuerPrivateKeyTypes | None:
+    return backend.private_key if isinstance(backend, SoftwareKey) else None
+
+
+def sign_certificate(builder: x509.CertificateBuilder, backend: KeyBackend) -> x509.Certificate:
+    key = _software(backend)
+    if key is not None:
+        return builder.sign(key, hash_for(backend.algorithm))
+    draft = builder.sign(_stand_in(backend.algorithm), hash_for(backend.algorithm))
+    der = _resign(
+        draft.public_bytes(serialization.Encoding.DER), draft.tbs_certificate_bytes, backend
+    )
+    return x509.load_der_x509_certificate(der)
+
+
+def sign_crl(
+    builder: x509.CertificateRevocationListBuilder, backend: KeyBackend
+) -> x509.CertificateRevocationList:
+    key = _software(backend)
+    if key is not None:
+        return builder.sign(key, hash_for(backend.algorithm))
+    draft = builder.sign(_stand_in(backend.algorithm), hash_for(backend.algorithm))
+    der = _resign(draft.public_bytes(serialization.Encoding.DER), draft.tbs_certlist_bytes, backend)
+    return x509.load_der_x509_crl(der)
+
+
+def sign_csr(
+    builder: x509.CertificateSigningRequestBuilder, backend: KeyBackend
+) -> x509.CertificateSigningRequest:
+    key = _software(backend)
+    if key is not None:
+        return builder.sign(key, hash_for(backend.algorithm))
+    draft = builder.sign(_stand_in(backend.algorithm), hash_for(backend.algorithm))
+    der = _resign(
+        draft.public_bytes(serialization.Encoding.DER), draft.tbs_certrequest_bytes, backend
+    )
+    return x509.load_der_x509_csr(der)
