@@ -49,9 +49,7 @@ def ca_init(json_out: bool = JsonFlag) -> None:
         "crl": str(paths.crl),
         "crl_url": ca.crl_url,
         "key_backend": s.identity.key_backend,
-        "root_fingerprint_sha256": ca.root.fingerprint(
-            __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256()
-        ).hex(),
+        "root_fingerprint_sha256": ca.root.fingerprint(hashes.SHA256()).hex(),
     }
     if json_out:
         print_json(info)
