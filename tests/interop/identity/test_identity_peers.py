@@ -38,30 +38,80 @@ def test_pki_est_enrolls_and_reenrolls(fleet, tmp_path: Path) -> None:
     cacerts = ["--cacert", str(fleet.paths.root_cert), "--cacert", str(fleet.paths.issuing_cert)]
     k1, k2 = tmp_path / "k1.der", tmp_path / "k2.der"
     for k in (k1, k2):
-        k.write_bytes(subprocess.run(["pki", "--gen", "--type", "ecdsa", "--size", "256"], capture_output=True, check=True).stdout)
-    csr1 = subprocess.run(["pki", "--req", "--in", str(k1), "--type", "ecdsa", "--dn", "CN=sw-1"], capture_output=True, check=True).stdout
+        k.write_bytes(
+            subprocess.run(
+                ["pki", "--gen", "--type", "ecdsa", "--size", "256"],
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+    csr1 = subprocess.run(
+        ["pki", "--req", "--in", str(k1), "--type", "ecdsa", "--dn", "CN=sw-1"],
+        capture_output=True,
+        check=True,
+    ).stdout
     (tmp_path / "csr1.der").write_bytes(csr1)
-    p = run("pki", "--est", "--url", host, *cacerts, "--in", str(tmp_path / "csr1.der"),
-        "--userpass", f"sw-1:{secret}", "--outform", "pem")
+    p = run(
+        "pki",
+        "--est",
+        "--url",
+        host,
+        *cacerts,
+        "--in",
+        str(tmp_path / "csr1.der"),
+        "--userpass",
+        f"sw-1:{secret}",
+        "--outform",
+        "pem",
+    )
     (tmp_path / "c1.pem").write_text(p.stdout)
     c1 = x509.load_pem_x509_certificate((tmp_path / "c1.pem").read_bytes())
     assert c1.subject.rfc4514_string() == "CN=sw-1"
     # re-enrolment: TLS client auth with the current cert + key, fresh key in the CSR
-    csr2 = subprocess.run(["pki", "--req", "--in", str(k2), "--type", "ecdsa", "--dn", "CN=sw-1"], capture_output=True, check=True).stdout
+    csr2 = subprocess.run(
+        ["pki", "--req", "--in", str(k2), "--type", "ecdsa", "--dn", "CN=sw-1"],
+        capture_output=True,
+        check=True,
+    ).stdout
     (tmp_path / "csr2.der").write_bytes(csr2)
-    p = run("pki", "--est", "--url", host, *cacerts, "--in", str(tmp_path / "csr2.der"),
-            "--cert", str(tmp_path / "c1.pem"), "--key", str(k1), "--outform", "pem")
+    p = run(
+        "pki",
+        "--est",
+        "--url",
+        host,
+        *cacerts,
+        "--in",
+        str(tmp_path / "csr2.der"),
+        "--cert",
+        str(tmp_path / "c1.pem"),
+        "--key",
+        str(k1),
+        "--outform",
+        "pem",
+    )
     (tmp_path / "c2.pem").write_text(p.stdout)
     c2 = x509.load_pem_x509_certificate((tmp_path / "c2.pem").read_bytes())
     assert c2.serial_number != c1.serial_number
     assert c2.public_key() != c1.public_key()
     certs = fleet.service.certificates("sw-1")
     assert [c["status"] for c in certs] == ["superseded", "active"]
-    assert certs[1]["issued_via"] == "est-reenroll" and certs[1]["replaces"] == format(c1.serial_number, "x")
+    assert certs[1]["issued_via"] == "est-reenroll" and certs[1]["replaces"] == format(
+        c1.serial_number, "x"
+    )
     assert key_state(fleet, "sw-1")["rotations"] == 1
     # the same token cannot be replayed
-    p = run("pki", "--est", "--url", host, *cacerts, "--in", str(tmp_path / "csr1.der"),
-            "--userpass", f"sw-1:{secret}", check=False)
+    p = run(
+        "pki",
+        "--est",
+        "--url",
+        host,
+        *cacerts,
+        "--in",
+        str(tmp_path / "csr1.der"),
+        "--userpass",
+        f"sw-1:{secret}",
+        check=False,
+    )
     assert p.returncode != 0
 
 
@@ -75,68 +125,189 @@ def test_curl_openssl_enroll_reenroll_verify_revoke(fleet, tmp_path: Path) -> No
     host = fleet.base.replace("127.0.0.1", "localhost")
     t = tmp_path
     run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(t / "k1.pem"))
-    run("openssl", "req", "-new", "-key", str(t / "k1.pem"), "-subj", "/CN=curl-1", "-outform", "DER", "-out", str(t / "r1.der"))
+    run(
+        "openssl",
+        "req",
+        "-new",
+        "-key",
+        str(t / "k1.pem"),
+        "-subj",
+        "/CN=curl-1",
+        "-outform",
+        "DER",
+        "-out",
+        str(t / "r1.der"),
+    )
     (t / "r1.b64").write_bytes(base64.encodebytes((t / "r1.der").read_bytes()))
     # cacerts first (what a device does to learn its trust anchors)
     _curl(fleet, "-o", str(t / "cacerts.b64"), f"{host}/.well-known/est/cacerts")
     (t / "cacerts.p7").write_bytes(base64.b64decode((t / "cacerts.b64").read_bytes()))
-    out = run("openssl", "pkcs7", "-inform", "DER", "-in", str(t / "cacerts.p7"), "-print_certs").stdout
+    out = run(
+        "openssl", "pkcs7", "-inform", "DER", "-in", str(t / "cacerts.p7"), "-print_certs"
+    ).stdout
     assert "issuing CA" in out and "root CA" in out
-    _curl(fleet, "-u", f"curl-1:{secret}", "-H", "Content-Type: application/pkcs10",
-          "-H", "Content-Transfer-Encoding: base64", "--data-binary", f"@{t / 'r1.b64'}",
-          "-o", str(t / "c1.b64"), "-w", "%{http_code}", f"{host}/.well-known/est/simpleenroll")
+    _curl(
+        fleet,
+        "-u",
+        f"curl-1:{secret}",
+        "-H",
+        "Content-Type: application/pkcs10",
+        "-H",
+        "Content-Transfer-Encoding: base64",
+        "--data-binary",
+        f"@{t / 'r1.b64'}",
+        "-o",
+        str(t / "c1.b64"),
+        "-w",
+        "%{http_code}",
+        f"{host}/.well-known/est/simpleenroll",
+    )
     (t / "c1.p7").write_bytes(base64.b64decode((t / "c1.b64").read_bytes()))
-    run("openssl", "pkcs7", "-inform", "DER", "-in", str(t / "c1.p7"), "-print_certs", "-out", str(t / "c1.pem"))
+    run(
+        "openssl",
+        "pkcs7",
+        "-inform",
+        "DER",
+        "-in",
+        str(t / "c1.p7"),
+        "-print_certs",
+        "-out",
+        str(t / "c1.pem"),
+    )
     text = run("openssl", "x509", "-in", str(t / "c1.pem"), "-noout", "-text").stdout
     assert "TLS Web Client Authentication" in text
     assert "URI:urn:fleetwarden:device:curl-1" in text
     assert fleet.crl_url in text
     # re-enrol over mTLS with a fresh key (label form of the URL)
     run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(t / "k2.pem"))
-    run("openssl", "req", "-new", "-key", str(t / "k2.pem"), "-subj", "/CN=curl-1", "-outform", "DER", "-out", str(t / "r2.der"))
+    run(
+        "openssl",
+        "req",
+        "-new",
+        "-key",
+        str(t / "k2.pem"),
+        "-subj",
+        "/CN=curl-1",
+        "-outform",
+        "DER",
+        "-out",
+        str(t / "r2.der"),
+    )
     (t / "r2.b64").write_bytes(base64.b64encode((t / "r2.der").read_bytes()))
-    code = _curl(fleet, "--cert", str(t / "c1.pem"), "--key", str(t / "k1.pem"),
-                 "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{t / 'r2.b64'}",
-                 "-o", str(t / "c2.b64"), "-w", "%{http_code}",
-                 f"{host}/.well-known/est/device/simplereenroll").stdout
+    code = _curl(
+        fleet,
+        "--cert",
+        str(t / "c1.pem"),
+        "--key",
+        str(t / "k1.pem"),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        f"@{t / 'r2.b64'}",
+        "-o",
+        str(t / "c2.b64"),
+        "-w",
+        "%{http_code}",
+        f"{host}/.well-known/est/device/simplereenroll",
+    ).stdout
     assert code == "200", (t / "c2.b64").read_text()
     (t / "c2.p7").write_bytes(base64.b64decode((t / "c2.b64").read_bytes()))
-    run("openssl", "pkcs7", "-inform", "DER", "-in", str(t / "c2.p7"), "-print_certs", "-out", str(t / "c2.pem"))
+    run(
+        "openssl",
+        "pkcs7",
+        "-inform",
+        "DER",
+        "-in",
+        str(t / "c2.p7"),
+        "-print_certs",
+        "-out",
+        str(t / "c2.pem"),
+    )
 
     def verify(cert: Path) -> subprocess.CompletedProcess[str]:
         run("curl", "-sS", "-o", str(t / "crl.der"), fleet.crl_url)  # plain HTTP DP
-        run("openssl", "crl", "-inform", "DER", "-in", str(t / "crl.der"), "-out", str(t / "crl.pem"))
-        return run("openssl", "verify", "-crl_check", "-CAfile", str(fleet.paths.root_cert),
-                   "-untrusted", str(fleet.paths.issuing_cert), "-CRLfile", str(t / "crl.pem"),
-                   str(cert), check=False)
+        run(
+            "openssl",
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            str(t / "crl.der"),
+            "-out",
+            str(t / "crl.pem"),
+        )
+        return run(
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            str(fleet.paths.root_cert),
+            "-untrusted",
+            str(fleet.paths.issuing_cert),
+            "-CRLfile",
+            str(t / "crl.pem"),
+            str(cert),
+            check=False,
+        )
 
     ok = verify(t / "c2.pem")
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
     crl_text = run("openssl", "crl", "-in", str(t / "crl.pem"), "-noout", "-text").stdout
     assert "Issuing Distribution Point" in crl_text
     # revoke through the admin API (bearer token, no client certificate at TLS)
-    code = _curl(fleet, "-X", "POST", "-H", f"Authorization: Bearer {fleet.admin_token}",
-                 "-H", "Content-Type: application/json", "-d", '{"reason": "key_compromise"}',
-                 "-o", str(t / "rev.json"), "-w", "%{http_code}",
-                 f"{fleet.base.replace('127.0.0.1', 'localhost')}/v1/devices/curl-1/revoke").stdout
+    code = _curl(
+        fleet,
+        "-X",
+        "POST",
+        "-H",
+        f"Authorization: Bearer {fleet.admin_token}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        '{"reason": "key_compromise"}',
+        "-o",
+        str(t / "rev.json"),
+        "-w",
+        "%{http_code}",
+        f"{fleet.base.replace('127.0.0.1', 'localhost')}/v1/devices/curl-1/revoke",
+    ).stdout
     assert code == "200", (t / "rev.json").read_text()
     assert len(json.loads((t / "rev.json").read_text())["revoked"]) == 2
     bad = verify(t / "c2.pem")
     assert bad.returncode != 0 and "revoked" in (bad.stdout + bad.stderr)
     # and the revoked certificate can no longer re-enrol
-    code = _curl(fleet, "--cert", str(t / "c2.pem"), "--key", str(t / "k2.pem"),
-                 "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{t / 'r1.b64'}",
-                 "-o", str(t / "c3.txt"), "-w", "%{http_code}",
-                 f"{host}/.well-known/est/simplereenroll").stdout
+    code = _curl(
+        fleet,
+        "--cert",
+        str(t / "c2.pem"),
+        "--key",
+        str(t / "k2.pem"),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        f"@{t / 'r1.b64'}",
+        "-o",
+        str(t / "c3.txt"),
+        "-w",
+        "%{http_code}",
+        f"{host}/.well-known/est/simplereenroll",
+    ).stdout
     assert code == "401" and "revoked" in (t / "c3.txt").read_text()
-    ev = [e for e in fleet.events() if e.get("unmapped", {}).get("changes", {}).get("identity_event") == "certificate.revoked"]
+    ev = [
+        e
+        for e in fleet.events()
+        if e.get("unmapped", {}).get("changes", {}).get("identity_event") == "certificate.revoked"
+    ]
     assert ev and ev[-1]["device"]["uid"] == "curl-1"
     assert ev[-1]["unmapped"]["changes"]["reason"] == "key_compromise"
 
 
 def test_api_token_works_over_https_without_client_cert(fleet) -> None:
-    r = httpx.get(f"{fleet.base}/v1/version", headers={"Authorization": f"Bearer {fleet.admin_token}"},
-                  verify=fleet.tls())
+    r = httpx.get(
+        f"{fleet.base}/v1/version",
+        headers={"Authorization": f"Bearer {fleet.admin_token}"},
+        verify=fleet.tls(),
+    )
     assert r.status_code == 200
 
 
