@@ -165,29 +165,44 @@ class Pkcs11Key:
     concurrent use from several threads.
     """
 
-    def __init__(self, session: Any, private: Any, public: Any, algorithm: str) -> None:
-        self._session = session
+    def __init__(
+        self, session: tuple[Any, threading.Lock], private: Any, public: Any, algorithm: str
+    ) -> None:
+        self._session, self._lock = session
         self._private = private
         self._pub_der = _pkcs11_public_der(public)
         self.algorithm = algorithm
-        self._lock = threading.Lock()
         loaded = serialization.load_der_public_key(self._pub_der)
         if not isinstance(loaded, ec.EllipticCurvePublicKey):
             raise KeyBackendError("token key is not an EC key")
         self._public = loaded
 
     @staticmethod
-    def _open(module: Path, token_label: str, pin: bytes | None) -> Any:
-        try:
-            import pkcs11
+    def _open(module: Path, token_label: str, pin: bytes | None) -> tuple[Any, threading.Lock]:
+        """One shared, logged-in session per token and process (with its lock).
 
-            lib = pkcs11.lib(str(module))
-            token = lib.get_token(token_label=token_label)
-            return token.open(user_pin=pin.decode() if pin else None, rw=True)
-        except Exception as exc:  # python-pkcs11 raises many unrelated types
-            raise KeyBackendError(
-                f"cannot open PKCS#11 token {token_label!r} via {module}: {exc!r}"
-            ) from exc
+        PKCS#11 login state belongs to the application, not to a session, and closing
+        the session that logged in can invalidate the others' handles on some tokens;
+        sharing one session per token avoids both traps."""
+        key = (str(module), token_label)
+        with _SESSIONS_LOCK:
+            if key in _SESSIONS:
+                return _SESSIONS[key]
+            try:
+                import pkcs11
+
+                lib = pkcs11.lib(str(module))
+                token = lib.get_token(token_label=token_label)
+                try:
+                    session = token.open(user_pin=pin.decode() if pin else None, rw=True)
+                except pkcs11.UserAlreadyLoggedIn:
+                    session = token.open(rw=True)
+            except Exception as exc:  # python-pkcs11 raises many unrelated types
+                raise KeyBackendError(
+                    f"cannot open PKCS#11 token {token_label!r} via {module}: {exc!r}"
+                ) from exc
+            _SESSIONS[key] = (session, threading.Lock())
+            return _SESSIONS[key]
 
     @classmethod
     def generate(
@@ -201,47 +216,50 @@ class Pkcs11Key:
         curve = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}.get(algorithm)
         if curve is None:
             raise KeyBackendError(f"PKCS#11 backend supports ec-p256 and ec-p384, not {algorithm}")
-        session = cls._open(module, token_label, pin)
+        shared = cls._open(module, token_label, pin)
+        session, lock = shared
         try:
-            try:
-                session.get_key(label=label, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
-            except pkcs11.NoSuchKey:
-                pass
-            else:
-                raise KeyBackendError(f"token already holds a key labelled {label!r}")
-            params = session.create_domain_parameters(
-                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True
-            )
-            pub, priv = params.generate_keypair(
-                store=True,
-                label=label,
-                private_template={
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.TOKEN: True,
-                },
-            )
+            with lock:
+                try:
+                    session.get_key(label=label, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
+                except pkcs11.NoSuchKey:
+                    pass
+                else:
+                    raise KeyBackendError(f"token already holds a key labelled {label!r}")
+                params = session.create_domain_parameters(
+                    KeyType.EC,
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
+                    local=True,
+                )
+                pub, priv = params.generate_keypair(
+                    store=True,
+                    label=label,
+                    private_template={
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.TOKEN: True,
+                    },
+                )
         except KeyBackendError:
-            session.close()
             raise
         except Exception as exc:
-            session.close()
             raise KeyBackendError(f"key generation on the token failed: {exc!r}") from exc
-        return cls(session, priv, pub, algorithm)
+        return cls(shared, priv, pub, algorithm)
 
     @classmethod
     def load(cls, module: Path, token_label: str, pin: bytes | None, label: str) -> Pkcs11Key:
         import pkcs11
 
-        session = cls._open(module, token_label, pin)
+        shared = cls._open(module, token_label, pin)
+        session, lock = shared
         try:
-            priv = session.get_key(label=label, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
-            pub = session.get_key(label=label, object_class=pkcs11.ObjectClass.PUBLIC_KEY)
+            with lock:
+                priv = session.get_key(label=label, object_class=pkcs11.ObjectClass.PRIVATE_KEY)
+                pub = session.get_key(label=label, object_class=pkcs11.ObjectClass.PUBLIC_KEY)
         except Exception as exc:
-            session.close()
             raise KeyBackendError(f"no key labelled {label!r} on the token: {exc!r}") from exc
         loaded = serialization.load_der_public_key(_pkcs11_public_der(pub))
-        return cls(session, priv, pub, algorithm_of(loaded))
+        return cls(shared, priv, pub, algorithm_of(loaded))
 
     def public_key(self) -> CertificateIssuerPublicKeyTypes:
         return self._public
@@ -249,9 +267,14 @@ class Pkcs11Key:
     def sign(self, data: bytes) -> bytes:
         from pkcs11 import Mechanism
 
-        mech = Mechanism.ECDSA_SHA384 if self.algorithm == "ec-p384" else Mechanism.ECDSA_SHA256
+        # Hash here, sign the digest on the token with plain CKM_ECDSA: SoftHSM2 and many
+        # secure elements lack the combined CKM_ECDSA_SHA256/384 mechanisms. The digest
+        # is not secret; the key never leaves the token either way.
+        h = hashes.Hash(hashes.SHA384() if self.algorithm == "ec-p384" else hashes.SHA256())
+        h.update(data)
+        digest = h.finalize()
         with self._lock:
-            raw = self._private.sign(data, mechanism=mech)
+            raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
         # PKCS#11 returns r || s; X.509 wants the DER SEQUENCE { r, s }.
         half = len(raw) // 2
         return encode_dss_signature(
@@ -266,8 +289,11 @@ class Pkcs11Key:
             return self._private[getattr(Attribute, name)]
 
     def close(self) -> None:
-        with self._lock:
-            self._session.close()
+        """Keys share their token's session (see :meth:`_open`); nothing to release."""
+
+
+_SESSIONS: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
+_SESSIONS_LOCK = threading.Lock()
 
 
 def _pkcs11_public_der(pub: Any) -> bytes:
@@ -348,8 +374,24 @@ def sign_csr(
     key = _software(backend)
     if key is not None:
         return builder.sign(key, hash_for(backend.algorithm))
+    # A CSR builder takes its public key from the signing key, so the stand-in's key
+    # is inside the TBS: swap in the backend's SubjectPublicKeyInfo before signing.
+    # CertificationRequestInfo ::= SEQUENCE { version, subject, subjectPKInfo, attributes }
     draft = builder.sign(_stand_in(backend.algorithm), hash_for(backend.algorithm))
-    der = _resign(
-        draft.public_bytes(serialization.Encoding.DER), draft.tbs_certrequest_bytes, backend
+    tbs = draft.tbs_certrequest_bytes
+    start, end = _tlv(tbs, 0)
+    _, version_end = _tlv(tbs, start)
+    _, subject_end = _tlv(tbs, version_end)
+    _, spki_end = _tlv(tbs, subject_end)
+    spki = backend.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return x509.load_der_x509_csr(der)
+    body = tbs[start:subject_end] + spki + tbs[spki_end:end]
+    real_tbs = b"\x30" + _der_len(len(body)) + body
+    signed = draft.public_bytes(serialization.Encoding.DER)
+    outer_start, _ = _tlv(signed, 0)
+    _, tbs_end = _tlv(signed, outer_start)
+    _, alg_end = _tlv(signed, tbs_end)
+    sig = backend.sign(real_tbs)
+    rest = real_tbs + signed[tbs_end:alg_end] + b"\x03" + _der_len(len(sig) + 1) + b"\x00" + sig
+    return x509.load_der_x509_csr(b"\x30" + _der_len(len(rest)) + rest)
