@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -364,11 +365,7 @@ class FleetCA:
             next_update=now + timedelta(hours=self.settings.crl_validity_hours),
             extensions=[
                 x509.Extension(x509.AuthorityKeyIdentifier.oid, False, self._aki),
-                # Milliseconds since the epoch: strictly increasing across restarts and
-                # processes without a counter to keep.
-                x509.Extension(
-                    x509.CRLNumber.oid, False, x509.CRLNumber(time.time_ns() // 1_000_000)
-                ),
+                x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(_next_crl_number())),
                 x509.Extension(x509.IssuingDistributionPoint.oid, True, idp),
             ],
             revoked_certificates=entries,
@@ -378,6 +375,19 @@ class FleetCA:
     def write_crl(self, crl: x509.CertificateRevocationList) -> None:
         atomic_write(self.paths.crl, crl.public_bytes(serialization.Encoding.DER))
         atomic_write(self.paths.crl_pem, crl.public_bytes(serialization.Encoding.PEM))
+
+
+_crl_lock = threading.Lock()
+_last_crl_number = 0
+
+
+def _next_crl_number() -> int:
+    """Milliseconds since the epoch, bumped past the last one this process used: strictly
+    increasing across restarts and within a process without a counter to persist."""
+    global _last_crl_number
+    with _crl_lock:
+        _last_crl_number = max(time.time_ns() // 1_000_000, _last_crl_number + 1)
+        return _last_crl_number
 
 
 # -- key loading / creation -----------------------------------------------------------

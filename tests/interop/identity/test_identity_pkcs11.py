@@ -27,7 +27,7 @@ PIN = "4321"
 
 
 @pytest.fixture(scope="module")
-def token(tmp_path_factory: pytest.TempPathFactory) -> str:
+def token(tmp_path_factory: pytest.TempPathFactory):
     if not MODULE.exists():
         pytest.fail("SoftHSM2 is not installed (apt: softhsm2)")
     d = tmp_path_factory.mktemp("softhsm")
@@ -53,7 +53,8 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> str:
         capture_output=True,
     )
     os.environ["FLEETWARDEN_PKCS11_PIN"] = PIN
-    return "fleetwarden"
+    yield "fleetwarden"
+    os.environ.pop("FLEETWARDEN_PKCS11_PIN", None)
 
 
 def test_device_key_never_leaves_the_token(fleet, token) -> None:
