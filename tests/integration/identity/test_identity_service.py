@@ -21,7 +21,14 @@ from fleetwarden.identity.ca import init_ca
 from fleetwarden.identity.config import IdentitySettings
 from fleetwarden.identity.errors import EnrollmentAuthError, EnrollmentForbidden, EnrollmentRefused
 from fleetwarden.identity.models import EnrollmentToken
-from fleetwarden.identity.service import CertAuth, IdentityService, Issued, Pending, TokenAuth, revocation_of
+from fleetwarden.identity.service import (
+    CertAuth,
+    IdentityService,
+    Issued,
+    Pending,
+    TokenAuth,
+    revocation_of,
+)
 from fleetwarden.registry import Actor
 from fleetwarden.registry.models import OutboxEvent
 from fleetwarden.registry.schemas import DeviceCreate, GroupCreate
@@ -31,9 +38,11 @@ ACTOR = Actor("test")
 
 def csr(device_id: str, key=None) -> tuple[object, bytes]:
     key = key or ec.generate_private_key(ec.SECP256R1())
-    c = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-    ).sign(key, hashes.SHA256())
+    c = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
     return key, c.public_bytes(serialization.Encoding.DER)
 
 
@@ -55,7 +64,10 @@ def enroll(svc: IdentityService, device: str, key=None) -> tuple[object, Issued]
 
 def events(registry) -> list[Event]:
     with registry.session() as s:
-        return [Event.from_ocsf(r.payload) for r in s.scalars(select(OutboxEvent).order_by(OutboxEvent.id))]
+        return [
+            Event.from_ocsf(r.payload)
+            for r in s.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
+        ]
 
 
 def test_token_is_stored_hashed_and_single_use(svc, registry) -> None:
@@ -116,22 +128,47 @@ def test_rotation_tracking_and_fresh_key(svc) -> None:
     assert state["rotations"] == 1 and state["last_rotation_at"] is not None
     assert state["current_serial"] == second.serial
     hist = svc.certificates("a")
-    assert [h["status"] for h in hist] == ["superseded", "active"] and hist[1]["replaces"] == first.serial
+    assert [h["status"] for h in hist] == ["superseded", "active"] and hist[1][
+        "replaces"
+    ] == first.serial
 
 
 def test_group_policy_sets_lifetime_and_key_reuse(svc, registry) -> None:
     registry.create_group(GroupCreate(name="meters"), ACTOR)
     registry.set_membership("meters", "c", True, ACTOR)
-    svc.set_policy("meters", lifetime_days=7, renew_fraction=0.5, max_key_age_days=30, allow_key_reuse=True, actor=ACTOR)
+    svc.set_policy(
+        "meters",
+        lifetime_days=7,
+        renew_fraction=0.5,
+        max_key_age_days=30,
+        allow_key_reuse=True,
+        actor=ACTOR,
+    )
     k, out = enroll(svc, "c")
     life = out.cert.not_valid_after_utc - out.cert.not_valid_before_utc
     assert timedelta(days=7) <= life < timedelta(days=7, minutes=6)
     _, der_same = csr("c", k)
-    assert isinstance(svc.enroll(der_same, CertAuth(out.cert), reenroll=True), Issued)  # reuse allowed
+    assert isinstance(
+        svc.enroll(der_same, CertAuth(out.cert), reenroll=True), Issued
+    )  # reuse allowed
     with pytest.raises(ValidationError):
-        svc.set_policy("meters", lifetime_days=0, renew_fraction=0.5, max_key_age_days=1, allow_key_reuse=False, actor=ACTOR)
+        svc.set_policy(
+            "meters",
+            lifetime_days=0,
+            renew_fraction=0.5,
+            max_key_age_days=1,
+            allow_key_reuse=False,
+            actor=ACTOR,
+        )
     with pytest.raises(NotFoundError):
-        svc.set_policy("nope", lifetime_days=7, renew_fraction=0.5, max_key_age_days=1, allow_key_reuse=False, actor=ACTOR)
+        svc.set_policy(
+            "nope",
+            lifetime_days=7,
+            renew_fraction=0.5,
+            max_key_age_days=1,
+            allow_key_reuse=False,
+            actor=ACTOR,
+        )
 
 
 def test_revocation_event_crl_and_reenroll_refused(svc, registry) -> None:
@@ -190,7 +227,9 @@ def test_expired_revoked_certificates_leave_the_crl(svc, registry) -> None:
     from fleetwarden.identity.ca import public_key_fingerprint
 
     with registry.session() as s:
-        svc._store(s, cert, "a", public_key_fingerprint(key.public_key()), "ec-p256", "test", past, None)
+        svc._store(
+            s, cert, "a", public_key_fingerprint(key.public_key()), "ec-p256", "test", past, None
+        )
     _, live = enroll(svc, "a")
     svc.revoke("a", "superseded", ACTOR, serial=live.serial)
     from fleetwarden.identity.models import IssuedCertificate
