@@ -318,13 +318,15 @@ class IdentityService:
     ) -> Issued | Pending:
         now = datetime.now(UTC)
         pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
+        # One transaction: checks, signing (well under a millisecond) and the writes, so
+        # a refusal anywhere rolls everything back and a success commits it all at once.
         with self.registry.session() as s:
-            dev = s.get(Device, device_id)
-            if dev is None:
+            status = s.scalar(select(Device.status).where(Device.id == device_id))
+            if status is None:
                 raise NotFoundError(f"device {device_id!r} is not in the registry")
             via, token, current = self._authenticate(s, device_id, auth, now, reenroll)
-            if dev.status != "active":
-                raise EnrollmentForbidden(f"device {device_id!r} is {dev.status}, not active")
+            if status != "active":
+                raise EnrollmentForbidden(f"device {device_id!r} is {status}, not active")
             key_type = check_public_key(pub, self.settings)
             fp = public_key_fingerprint(pub)
             policy = self._policy(s, device_id)
@@ -352,10 +354,8 @@ class IdentityService:
                 pending = self._approval(s, device_id, fp)
                 if pending is not None:
                     return pending
-        # Sign outside the transaction (no lock held while the CA works), then store.
-        cert = self.ca.issue_device(device_id, pub, lifetime=policy.lifetime, now=now)
-        serial = format(cert.serial_number, "x")
-        with self.registry.session() as s:
+            cert = self.ca.issue_device(device_id, pub, lifetime=policy.lifetime, now=now)
+            serial = format(cert.serial_number, "x")
             if token is not None:
                 used = s.execute(
                     update(EnrollmentToken)
@@ -413,6 +413,24 @@ class IdentityService:
         current: IssuedCertificate | None,
         kind: str = "device",
         actor: str | None = None,
+    ) -> None:
+        # no_autoflush: the look-ups below need no pending rows of this transaction, and
+        # without a flush per look-up the inserts go out together at commit (batched).
+        with s.no_autoflush:
+            self._store_rows(s, cert, device_id, fp, key_type, via, now, current, kind, actor)
+
+    def _store_rows(
+        self,
+        s: Session,
+        cert: x509.Certificate,
+        device_id: str | None,
+        fp: str,
+        key_type: str,
+        via: str,
+        now: datetime,
+        current: IssuedCertificate | None,
+        kind: str,
+        actor: str | None,
     ) -> None:
         der = cert.public_bytes(serialization.Encoding.DER)
         serial = format(cert.serial_number, "x")

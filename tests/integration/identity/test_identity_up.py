@@ -35,7 +35,13 @@ def test_up_serves_https_est_and_crl(tmp_path: Path) -> None:
     env["FLEETWARDEN_IDENTITY__CRL_PORT"] = str(crl_port)
 
     def fw(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "fleetwarden", *args], env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "fleetwarden", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     token = json.loads(fw("init", "--json").stdout)["admin_token"]
     p = fw("ca", "init", "--json")
@@ -44,8 +50,13 @@ def test_up_serves_https_est_and_crl(tmp_path: Path) -> None:
     assert info["crl_url"] == f"http://127.0.0.1:{crl_port}/crl/issuing.crl"
     assert fw("ca", "init").returncode == 73  # exists already
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fleetwarden", "up", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetwarden", "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         ctx = ssl.create_default_context(cafile=info["root"])
         base = f"https://127.0.0.1:{port}"
@@ -59,8 +70,12 @@ def test_up_serves_https_est_and_crl(tmp_path: Path) -> None:
                     raise
                 time.sleep(0.1)
         r = httpx.get(f"{base}/.well-known/est/cacerts", verify=ctx)
-        assert r.status_code == 200 and r.headers["content-type"].startswith("application/pkcs7-mime")
-        r = httpx.get(f"{base}/v1/version", headers={"Authorization": f"Bearer {token}"}, verify=ctx)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(
+            "application/pkcs7-mime"
+        )
+        r = httpx.get(
+            f"{base}/v1/version", headers={"Authorization": f"Bearer {token}"}, verify=ctx
+        )
         assert r.status_code == 200
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)  # plain HTTP is gone
