@@ -9,10 +9,11 @@ Targets (issue [identity]):
 - a CRL with 100,000 revoked entries in <= 2 s.
 
 What each figure measures (no shortcuts hidden):
-- "core path": ``parse_csr`` (DER parse + signature check), ``csr_device_id``,
-  ``check_public_key``, the public-key fingerprint, ``FleetCA.issue_device`` (full device
-  profile) and ``IdentityService._store`` (the same row + device-key + outbox-event writes
-  the EST path makes), committed in transactions of 500 certificates on SQLite;
+- "core path": ``IdentityService.provision`` (factory-line batch issuance) in batches of
+  500 on SQLite: per CSR the DER parse + signature check, device-id and key policy,
+  public-key fingerprint, M1 shared-key check (set-based), ``FleetCA.issue_device``
+  (full device profile) and the same certificate + device-key + outbox-event rows the
+  EST path writes, one transaction per batch;
 - "bare loop": ``cryptography`` alone: load CSR, check its signature, sign a certificate
   with the same extensions, DER-encode; no policy, no storage;
 - "EST": the real ``fleetwarden up`` process (SQLite), N client threads each with its own
@@ -50,11 +51,11 @@ from cryptography.x509.oid import NameOID
 
 os.environ.pop("FLEETWARDEN_CA_PASSPHRASE", None)
 
-from fleetwarden.identity.ca import check_public_key, init_ca, public_key_fingerprint
+from fleetwarden.identity.ca import init_ca
 from fleetwarden.identity.config import IdentitySettings
 from fleetwarden.identity.models import IssuedCertificate
-from fleetwarden.identity.service import IdentityService, csr_device_id, parse_csr
-from fleetwarden.registry import Registry
+from fleetwarden.identity.service import IdentityService, Issued
+from fleetwarden.registry import Actor, Registry
 from fleetwarden.registry.models import Device
 
 
@@ -107,18 +108,11 @@ def bench_core(n: int) -> list[str]:
         return n / (time.perf_counter() - t)
 
     def core() -> float:
-        now = datetime.now(UTC)
+        actor = Actor("bench")
         t = time.perf_counter()
         for start in range(0, n, 500):
-            with reg.session() as s:
-                for der in csrs[start : start + 500]:
-                    c = parse_csr(der)
-                    did = csr_device_id(c)
-                    pub = c.public_key()
-                    kt = check_public_key(pub, ca.settings)
-                    fp = public_key_fingerprint(pub)
-                    cert = ca.issue_device(did, pub, now=now)
-                    svc._store(s, cert, did, fp, kt, "bench", now, None)
+            results = svc.provision(csrs[start : start + 500], actor)
+            assert all(isinstance(r, Issued) for r in results)
         return n / (time.perf_counter() - t)
 
     b1 = bare()

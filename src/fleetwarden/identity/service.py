@@ -413,11 +413,14 @@ class IdentityService:
         current: IssuedCertificate | None,
         kind: str = "device",
         actor: str | None = None,
+        prefetched: tuple[list[IssuedCertificate], DeviceKey | None] | None = None,
     ) -> None:
         # no_autoflush: the look-ups below need no pending rows of this transaction, and
         # without a flush per look-up the inserts go out together at commit (batched).
         with s.no_autoflush:
-            self._store_rows(s, cert, device_id, fp, key_type, via, now, current, kind, actor)
+            self._store_rows(
+                s, cert, device_id, fp, key_type, via, now, current, kind, actor, prefetched
+            )
 
     def _store_rows(
         self,
@@ -431,18 +434,22 @@ class IdentityService:
         current: IssuedCertificate | None,
         kind: str,
         actor: str | None,
+        prefetched: tuple[list[IssuedCertificate], DeviceKey | None] | None,
     ) -> None:
         der = cert.public_bytes(serialization.Encoding.DER)
         serial = format(cert.serial_number, "x")
         prev_serial = None
         if device_id is not None and kind == "device":
-            prev = s.scalars(
-                select(IssuedCertificate).where(
-                    IssuedCertificate.device_id == device_id,
-                    IssuedCertificate.status == "active",
-                    IssuedCertificate.kind == "device",
+            # Filter by device only (few rows each) and the rest in Python: with a
+            # status condition SQLite may pick the low-selectivity status index and scan.
+            rows = (
+                prefetched[0]
+                if prefetched is not None
+                else s.scalars(
+                    select(IssuedCertificate).where(IssuedCertificate.device_id == device_id)
                 )
-            ).all()
+            )
+            prev = [r for r in rows if r.status == "active" and r.kind == "device"]
             for p in prev:
                 p.status = "superseded"
             prev_serial = (
@@ -468,7 +475,7 @@ class IdentityService:
         )
         if device_id is None or kind != "device":
             return
-        key = s.get(DeviceKey, device_id)
+        key = prefetched[1] if prefetched is not None else s.get(DeviceKey, device_id)
         if key is None:
             s.add(
                 DeviceKey(
@@ -508,6 +515,89 @@ class IdentityService:
                 },
             ),
         )
+
+    def provision(
+        self, csrs: list[bytes], actor: Actor, *, via: str = "provision"
+    ) -> list[Issued | EnrollmentRefused]:
+        """Factory-line provisioning: issue certificates for many CSRs at once (the
+        operator is the authority, so no per-device token). Same checks as EST (CSR
+        signature, registered active device, key policy, shared-key M1 check, also
+        within the batch), set-based look-ups and one transaction for the batch.
+        Returns, per CSR in order, the issued certificate or the refusal."""
+        now = datetime.now(UTC)
+        parsed: list[tuple[int, str, CertificateIssuerPublicKeyTypes, str, str] | None] = []
+        out: list[Issued | EnrollmentRefused | None] = [None] * len(csrs)
+        for i, der in enumerate(csrs):
+            try:
+                csr = parse_csr(der)
+                did = csr_device_id(csr)
+                pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
+                kt = check_public_key(pub, self.settings)
+                parsed.append((i, did, pub, kt, public_key_fingerprint(pub)))
+            except EnrollmentRefused as exc:
+                out[i] = exc
+                parsed.append(None)
+        todo = [p for p in parsed if p is not None]
+        with self.registry.session() as s, s.no_autoflush:
+            ids = list({p[1] for p in todo})
+            active = set(
+                s.scalars(select(Device.id).where(Device.id.in_(ids), Device.status == "active"))
+            )
+            owners: dict[str, set[str]] = {}
+            for fp, dev in s.execute(
+                select(IssuedCertificate.public_key_sha256, IssuedCertificate.device_id).where(
+                    IssuedCertificate.public_key_sha256.in_([p[4] for p in todo])
+                )
+            ):
+                owners.setdefault(fp, set()).add(str(dev))
+            history: dict[str, list[IssuedCertificate]] = {d: [] for d in ids}
+            for row in s.scalars(
+                select(IssuedCertificate).where(IssuedCertificate.device_id.in_(ids))
+            ):
+                history[str(row.device_id)].append(row)
+            keys = {
+                k.device_id: k
+                for k in s.scalars(select(DeviceKey).where(DeviceKey.device_id.in_(ids)))
+            }
+            seen: set[str] = set()
+            for i, did, pub, kt, fp in todo:
+                if did not in active:
+                    out[i] = EnrollmentForbidden(f"device {did!r} is not registered and active")
+                    continue
+                if (owners.get(fp, set()) - {did}) or fp in seen or did in seen:
+                    out[i] = EnrollmentForbidden(
+                        "public key shared with another device, or device twice in the batch"
+                    )
+                    continue
+                seen.update((fp, did))
+                cert = self.ca.issue_device(did, pub, now=now)
+                self._store(
+                    s,
+                    cert,
+                    did,
+                    fp,
+                    kt,
+                    via,
+                    now,
+                    None,
+                    actor=actor.name,
+                    prefetched=(history[did], keys.get(did)),
+                )
+                out[i] = Issued(did, cert, format(cert.serial_number, "x"), via)
+            for i, result in enumerate(out):
+                if isinstance(result, EnrollmentRefused):
+                    self.registry.record(
+                        s,
+                        authentication(
+                            device_uid=None,
+                            src_ip=actor.src_ip,
+                            success=False,
+                            message=f"provisioning of CSR #{i} refused: {result}",
+                            protocol="provision",
+                            extra={"unmapped": {"identity_event": REFUSED, "reason": str(result)}},
+                        ),
+                    )
+        return [r for r in out if r is not None]
 
     def record_server_certificate(self, cert: x509.Certificate, actor: Actor) -> None:
         """Keep platform TLS certificates in the registry too (they are fleet CA output)."""

@@ -238,3 +238,29 @@ def test_expired_revoked_certificates_leave_the_crl(svc, registry) -> None:
         s.get(IssuedCertificate, format(cert.serial_number, "x")).status = "revoked"
     crl = svc.regenerate_crl()
     assert [r.serial_number for r in crl] == [live.cert.serial_number]
+
+
+def test_provision_batch(svc, registry) -> None:
+    shared = ec.generate_private_key(ec.SECP256R1())
+    _, ok_a = csr("a")
+    _, dup_b = csr("b", shared)
+    _, dup_c = csr("c", shared)  # same key as b in the same batch (M1)
+    _, ghost = csr("ghost")
+    out = svc.provision([ok_a, dup_b, dup_c, ghost, b"junk"], ACTOR)
+    assert [type(r).__name__ for r in out] == [
+        "Issued",
+        "Issued",
+        "EnrollmentForbidden",
+        "EnrollmentForbidden",
+        "EnrollmentRefused",
+    ]
+    assert svc.certificates("a")[0]["issued_via"] == "provision"
+    assert svc.certificates("c") == []
+    refusals = [e for e in events(registry) if e.status_id == 2]
+    assert len(refusals) == 3
+    # a second batch for a: the first certificate is superseded, key rotation recorded
+    _, again = csr("a")
+    (res,) = svc.provision([again], ACTOR)
+    assert isinstance(res, Issued)
+    assert [c["status"] for c in svc.certificates("a")] == ["superseded", "active"]
+    assert svc.key_state("a")["rotations"] == 1
