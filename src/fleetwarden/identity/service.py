@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import String, select, update
+from sqlalchemy import String, insert, select, update
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
@@ -57,7 +57,7 @@ from fleetwarden.identity.models import (
     RotationPolicy,
 )
 from fleetwarden.registry import Actor, Registry
-from fleetwarden.registry.models import Device, Group, device_groups
+from fleetwarden.registry.models import Device, Group, OutboxEvent, device_groups
 
 ENROLL_TOKEN_PREFIX = "fwe_"  # noqa: S105 (a prefix, not a secret)
 ISSUED = "certificate.issued"
@@ -415,12 +415,13 @@ class IdentityService:
         kind: str = "device",
         actor: str | None = None,
         prefetched: tuple[list[IssuedCertificate], DeviceKey | None] | None = None,
+        bulk: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         # no_autoflush: the look-ups below need no pending rows of this transaction, and
         # without a flush per look-up the inserts go out together at commit (batched).
         with s.no_autoflush:
             self._store_rows(
-                s, cert, device_id, fp, key_type, via, now, current, kind, actor, prefetched
+                s, cert, device_id, fp, key_type, via, now, current, kind, actor, prefetched, bulk
             )
 
     def _store_rows(
@@ -436,7 +437,11 @@ class IdentityService:
         kind: str,
         actor: str | None,
         prefetched: tuple[list[IssuedCertificate], DeviceKey | None] | None,
+        bulk: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
+        """Rows for one issued certificate. With ``bulk``, new rows are collected as
+        dicts for one multi-row INSERT per table (batch provisioning) instead of ORM
+        objects; updates of existing rows always go through the ORM."""
         der = cert.public_bytes(serialization.Encoding.DER)
         serial = format(cert.serial_number, "x")
         prev_serial = None
@@ -456,39 +461,43 @@ class IdentityService:
             prev_serial = (
                 current.serial if current is not None else (prev[-1].serial if prev else None)
             )
-        s.add(
-            IssuedCertificate(
-                serial=serial,
-                kind=kind,
-                device_id=device_id,
-                subject=cert.subject.rfc4514_string()[:512],
-                fingerprint_sha256=sha256_hex(der),
-                public_key_sha256=fp,
-                key_type=key_type,
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                status="active",
-                issued_at=now,
-                issued_via=via,
-                replaces_serial=prev_serial,
-                der=der,
-            )
-        )
+        cert_row: dict[str, Any] = {
+            "serial": serial,
+            "kind": kind,
+            "device_id": device_id,
+            "subject": cert.subject.rfc4514_string()[:512],
+            "fingerprint_sha256": sha256_hex(der),
+            "public_key_sha256": fp,
+            "key_type": key_type,
+            "not_before": cert.not_valid_before_utc,
+            "not_after": cert.not_valid_after_utc,
+            "status": "active",
+            "issued_at": now,
+            "issued_via": via,
+            "replaces_serial": prev_serial,
+            "der": der,
+        }
+        if bulk is not None:
+            bulk["certs"].append(cert_row)
+        else:
+            s.add(IssuedCertificate(**cert_row))
         if device_id is None or kind != "device":
             return
         key = prefetched[1] if prefetched is not None else s.get(DeviceKey, device_id)
         if key is None:
-            s.add(
-                DeviceKey(
-                    device_id=device_id,
-                    public_key_sha256=fp,
-                    key_type=key_type,
-                    key_first_certified_at=now,
-                    last_rotation_at=None,
-                    rotations=0,
-                    current_serial=serial,
-                )
-            )
+            key_row: dict[str, Any] = {
+                "device_id": device_id,
+                "public_key_sha256": fp,
+                "key_type": key_type,
+                "key_first_certified_at": now,
+                "last_rotation_at": None,
+                "rotations": 0,
+                "current_serial": serial,
+            }
+            if bulk is not None:
+                bulk["keys"].append(key_row)
+            else:
+                s.add(DeviceKey(**key_row))
         else:
             if key.public_key_sha256 != fp:
                 key.public_key_sha256 = fp
@@ -497,25 +506,26 @@ class IdentityService:
                 key.last_rotation_at = now
                 key.rotations += 1
             key.current_serial = serial
-        self.registry.record(
-            s,
-            device_config_change(
-                device_uid=device_id,
-                actor=actor or f"device:{device_id}",
-                message=f"certificate {serial} issued to {device_id} via {via}",
-                changes={
-                    "identity_event": ISSUED,
-                    "certificate": {
-                        "serial": serial,
-                        "fingerprint_sha256": sha256_hex(der),
-                        "public_key_sha256": fp,
-                        "not_after": cert.not_valid_after_utc.isoformat(),
-                        "via": via,
-                        "replaces": prev_serial,
-                    },
+        event = device_config_change(
+            device_uid=device_id,
+            actor=actor or f"device:{device_id}",
+            message=f"certificate {serial} issued to {device_id} via {via}",
+            changes={
+                "identity_event": ISSUED,
+                "certificate": {
+                    "serial": serial,
+                    "fingerprint_sha256": sha256_hex(der),
+                    "public_key_sha256": fp,
+                    "not_after": cert.not_valid_after_utc.isoformat(),
+                    "via": via,
+                    "replaces": prev_serial,
                 },
-            ),
+            },
         )
+        if bulk is not None:
+            bulk["events"].append({"payload": event.to_ocsf(), "created_at": now})
+        else:
+            self.registry.record(s, event)
 
     def provision(
         self, csrs: list[bytes], actor: Actor, *, via: str = "provision"
@@ -561,6 +571,7 @@ class IdentityService:
                 for k in s.scalars(select(DeviceKey).where(DeviceKey.device_id.in_(ids)))
             }
             seen: set[str] = set()
+            bulk: dict[str, list[dict[str, Any]]] = {"certs": [], "keys": [], "events": []}
             for i, did, pub, kt, fp in todo:
                 if did not in active:
                     out[i] = EnrollmentForbidden(f"device {did!r} is not registered and active")
@@ -583,8 +594,16 @@ class IdentityService:
                     None,
                     actor=actor.name,
                     prefetched=(history[did], keys.get(did)),
+                    bulk=bulk,
                 )
                 out[i] = Issued(did, cert, format(cert.serial_number, "x"), via)
+            for model, rows in (
+                (IssuedCertificate, bulk["certs"]),
+                (DeviceKey, bulk["keys"]),
+                (OutboxEvent, bulk["events"]),
+            ):
+                if rows:
+                    s.execute(insert(model), rows)
             for i, result in enumerate(out):
                 if isinstance(result, EnrollmentRefused):
                     self.registry.record(
