@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +21,7 @@ from fleetwarden.cli._common import (
     settings,
 )
 from fleetwarden.identity.ca import CaPaths, FleetCA, export_root, init_ca
-from fleetwarden.identity.service import IdentityService
+from fleetwarden.identity.service import IdentityService, Issued
 from fleetwarden.identity.tls import issue_server_certificate, manufacturer_cas
 
 ca_app = typer.Typer(
@@ -115,6 +116,56 @@ def ca_server_cert(
     finally:
         reg.close()  # type: ignore[attr-defined]
     console.print(f"server certificate written to {cert}, key to {key}")
+
+
+@ca_app.command("provision")
+def ca_provision(
+    csrs: Annotated[list[Path], typer.Argument(help="CSR files (DER or PEM), CN = device id.")],
+    out: Annotated[Path, typer.Option(help="Directory for <device>.crt (PEM, with the chain).")],
+    json_out: bool = JsonFlag,
+) -> None:
+    """Factory-line provisioning: certify many registered devices' CSRs in one batch."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ders: list[bytes] = []
+    for f in csrs:
+        raw = f.read_bytes()
+        if b"-----BEGIN" in raw:
+            with contextlib.suppress(ValueError):  # unreadable: refused below, in order
+                raw = x509.load_pem_x509_csr(raw).public_bytes(serialization.Encoding.DER)
+        ders.append(raw)
+    svc, reg = _service()
+    try:
+        results = svc.provision(ders, cli_actor())
+    finally:
+        reg.close()  # type: ignore[attr-defined]
+    out.mkdir(parents=True, exist_ok=True)
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svc.ca.chain)
+    report = []
+    for f, r in zip(csrs, results, strict=True):
+        if isinstance(r, Issued):
+            target = out / f"{r.device_id}.crt"
+            target.write_bytes(r.cert.public_bytes(serialization.Encoding.PEM) + chain)
+            report.append(
+                {"csr": str(f), "device_id": r.device_id, "serial": r.serial, "cert": str(target)}
+            )
+        else:
+            report.append({"csr": str(f), "refused": str(r)})
+    if json_out:
+        print_json(report)
+    else:
+        for row in report:
+            console.print(
+                f"{row['csr']}: "
+                + (
+                    f"refused: {row['refused']}"
+                    if "refused" in row
+                    else f"{row['device_id']} -> {row['cert']}"
+                )
+            )
+    if any("refused" in row for row in report):
+        raise typer.Exit(65)
 
 
 @ca_app.command("requests")

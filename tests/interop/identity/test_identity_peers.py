@@ -318,3 +318,49 @@ def test_cacerts_is_pkcs7_certs_only(fleet) -> None:
     assert len(certs) == 2
     attrs = httpx.get(f"{fleet.base}/.well-known/est/csrattrs", verify=fleet.tls())
     assert attrs.status_code == 200 and base64.b64decode(attrs.content)[0] == 0x30
+
+
+def test_cli_provision_batch_with_openssl_csrs(fleet, tmp_path: Path) -> None:
+    for d in ("line-1", "line-2"):
+        fleet.add_device(d)
+        run(
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / f"{d}.key"),
+            "-subj",
+            f"/CN={d}",
+            "-out",
+            str(tmp_path / f"{d}.csr"),
+        )
+    (tmp_path / "junk.csr").write_bytes(b"not a csr")
+    p = fleet.cli(
+        "ca",
+        "provision",
+        str(tmp_path / "line-1.csr"),
+        str(tmp_path / "line-2.csr"),
+        str(tmp_path / "junk.csr"),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    )
+    assert p.returncode == 65, p.stderr
+    rows = json.loads(p.stdout)
+    assert [("refused" in r) for r in rows] == [False, False, True]
+    ok = run(
+        "openssl",
+        "verify",
+        "-CAfile",
+        str(fleet.paths.root_cert),
+        "-untrusted",
+        str(fleet.paths.issuing_cert),
+        str(tmp_path / "out" / "line-1.crt"),
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
