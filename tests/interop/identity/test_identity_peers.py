@@ -364,3 +364,32 @@ def test_cli_provision_batch_with_openssl_csrs(fleet, tmp_path: Path) -> None:
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_revocation_event_regenerates_served_crl(fleet) -> None:
+    """A revocation committed elsewhere (here: the service API without regenerating)
+    reaches the running service through the outbox relay and the bus; the CRL served at
+    the distribution point lists it shortly after."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fleetwarden.registry import Actor
+
+    fleet.add_device("bus-1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    from conftest import make_csr
+
+    _, der = make_csr("bus-1", key)
+    from fleetwarden.identity.service import TokenAuth
+
+    issued = fleet.service.enroll(der, TokenAuth("bus-1", fleet.token("bus-1")))
+    fleet.service.revoke("bus-1", "cessation_of_operation", Actor("test"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        crl = x509.load_der_x509_crl(httpx.get(fleet.crl_url).content)
+        if crl.get_revoked_certificate_by_serial_number(issued.cert.serial_number) is not None:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the served CRL never listed the revoked certificate")
