@@ -351,6 +351,17 @@ class IdentityService:
                 raise EnrollmentRefused(
                     "re-enrolment requires a fresh key (this key was certified before)"
                 )
+            if owners and policy.max_key_age is not None:
+                # Key reuse allowed by policy, but never past the group's maximum key age.
+                k = s.get(DeviceKey, device_id)
+                if (
+                    k is not None
+                    and k.public_key_sha256 == fp
+                    and aware(k.key_first_certified_at) + policy.max_key_age <= now
+                ):
+                    raise EnrollmentRefused(
+                        "this key is older than the group's maximum key age; use a fresh key"
+                    )
             if self.settings.manual_approval and via != "est-reenroll":
                 pending = self._approval(s, device_id, fp)
                 if pending is not None:
