@@ -55,6 +55,7 @@ def token(tmp_path_factory: pytest.TempPathFactory):
     os.environ["FLEETWARDEN_PKCS11_PIN"] = PIN
     yield "fleetwarden"
     os.environ.pop("FLEETWARDEN_PKCS11_PIN", None)
+    # SOFTHSM2_CONF stays: the library is initialised once per process with it.
 
 
 def test_device_key_never_leaves_the_token(fleet, token) -> None:
