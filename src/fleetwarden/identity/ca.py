@@ -49,6 +49,7 @@ from fleetwarden.identity.keys import (
     KeyBackend,
     Pkcs11Key,
     SoftwareKey,
+    TpmKey,
     algorithm_of,
     read_secret,
     sign_certificate,
@@ -414,6 +415,9 @@ def _pin(settings: IdentitySettings) -> bytes | None:
 
 
 def load_key(settings: IdentitySettings, paths: CaPaths, which: str) -> KeyBackend:
+    if settings.key_backend == "tpm":
+        algorithm = "ec-p384" if which == "root" else settings.issuing_key_type
+        return TpmKey(settings.tpm_tcti, f"{settings.ca_name}-{which}", algorithm)
     if settings.key_backend == "pkcs11":
         return Pkcs11Key.load(
             settings.pkcs11_module,
@@ -430,6 +434,8 @@ def load_key(settings: IdentitySettings, paths: CaPaths, which: str) -> KeyBacke
 
 
 def _new_key(settings: IdentitySettings, paths: CaPaths, which: str, algorithm: str) -> KeyBackend:
+    if settings.key_backend == "tpm":
+        return TpmKey(settings.tpm_tcti, f"{settings.ca_name}-{which}", algorithm)
     if settings.key_backend == "pkcs11":
         return Pkcs11Key.generate(
             settings.pkcs11_module,
@@ -492,9 +498,8 @@ def init_ca(data_dir: Path, settings: IdentitySettings) -> FleetCA:
     atomic_write(paths.chain, issuing.public_bytes(pem) + root.public_bytes(pem))
     # issuing.crt last: its presence is what "the CA exists" means.
     atomic_write(paths.issuing_cert, issuing.public_bytes(pem))
-    for k in (root_key,):
-        if isinstance(k, Pkcs11Key):
-            k.close()
+    if isinstance(root_key, Pkcs11Key | TpmKey):
+        root_key.close()  # only the issuing key stays in use
     ca = FleetCA(settings, paths, issuing, root, issuing_key)
     ca.write_crl(ca.build_crl([]))
     return ca

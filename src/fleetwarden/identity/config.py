@@ -19,8 +19,9 @@ KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa")
 class IdentitySettings(BaseModel):
     """Identity settings (``[identity]`` in fleetwarden.toml)."""
 
-    key_backend: Literal["file", "pkcs11"] = Field(
-        default="file", description="where CA keys live: encrypted PKCS#8 files or a token"
+    key_backend: Literal["file", "pkcs11", "tpm"] = Field(
+        default="file",
+        description="where CA keys live: encrypted PKCS#8 files, a PKCS#11 token or a TPM 2.0",
     )
     passphrase_env: str = Field(
         default="FLEETWARDEN_CA_PASSPHRASE",
@@ -35,6 +36,9 @@ class IdentitySettings(BaseModel):
     pkcs11_token_label: str = "fleetwarden"  # noqa: S105 (a label, not a secret)
     pkcs11_pin_env: str = "FLEETWARDEN_PKCS11_PIN"
     pkcs11_pin_file: Path | None = None
+    tpm_tcti: str = Field(
+        default="device:/dev/tpmrm0", description="TCTI of the TPM 2.0, e.g. swtpm:port=2321"
+    )
 
     ca_name: str = Field(default="fleetwarden", max_length=64)
     root_lifetime_days: int = Field(default=3650 * 2, ge=30)

@@ -302,6 +302,72 @@ def _pkcs11_public_der(pub: Any) -> bytes:
     return bytes(encode_ec_public_key(pub))
 
 
+class TpmKey:
+    """An ECDSA key inside a TPM 2.0 (tpm2-pytss; swtpm in tests).
+
+    The key is a *primary* key of the owner hierarchy whose template carries a
+    per-label ``unique`` value: the TPM derives it from its seed, so it is created and
+    used inside the TPM (fixedTPM, fixedParent, sensitiveDataOrigin), is found again
+    after a restart by deriving it from the same label, and no key blob is stored
+    anywhere. A fresh key is a new label. Anyone holding the owner hierarchy's
+    authorisation can derive it too: set an owner password on real TPMs.
+    """
+
+    def __init__(self, tcti: str, label: str, algorithm: str = "ec-p256") -> None:
+        try:
+            import hashlib
+
+            from tpm2_pytss import ESAPI, TPM2B_PUBLIC
+        except ImportError as exc:  # optional dependency (extra "tpm")
+            raise KeyBackendError(
+                "the TPM backend needs tpm2-pytss (pip install tpm2-pytss)"
+            ) from exc
+        spec = {"ec-p256": "ecc256:ecdsa-sha256", "ec-p384": "ecc384:ecdsa-sha384"}.get(algorithm)
+        if spec is None:
+            raise KeyBackendError(f"TPM backend supports ec-p256 and ec-p384, not {algorithm}")
+        self.algorithm = algorithm
+        self._lock = threading.Lock()
+        try:
+            self._esapi = ESAPI(tcti)
+            template = TPM2B_PUBLIC.parse(
+                spec,
+                objectAttributes="fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+            )
+            template.publicArea.unique.ecc.x = hashlib.sha256(label.encode()).digest()
+            self._handle, pub, *_ = self._esapi.create_primary(None, template)
+        except KeyBackendError:
+            raise
+        except Exception as exc:  # tpm2-pytss raises TSS2_Exception and friends
+            raise KeyBackendError(f"TPM key {label!r} via {tcti!r}: {exc}") from exc
+        loaded = serialization.load_der_public_key(pub.to_der())
+        if not isinstance(loaded, ec.EllipticCurvePublicKey):
+            raise KeyBackendError("TPM key is not an EC key")
+        self._public = loaded
+
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        return self._public
+
+    def sign(self, data: bytes) -> bytes:
+        from tpm2_pytss import TPM2_ALG, TPMT_SIG_SCHEME
+
+        p384 = self.algorithm == "ec-p384"
+        h = hashes.Hash(hashes.SHA384() if p384 else hashes.SHA256())
+        h.update(data)
+        scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+        scheme.details.any.hashAlg = TPM2_ALG.SHA384 if p384 else TPM2_ALG.SHA256
+        with self._lock:
+            sig = self._esapi.sign(self._handle, h.finalize(), scheme)
+        return encode_dss_signature(
+            int.from_bytes(bytes(sig.signature.ecdsa.signatureR), "big"),
+            int.from_bytes(bytes(sig.signature.ecdsa.signatureS), "big"),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._esapi.flush_context(self._handle)
+            self._esapi.close()
+
+
 # -- signing builders with any backend ----------------------------------------------
 
 
