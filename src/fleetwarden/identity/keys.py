@@ -6,7 +6,9 @@ Backends:
   PKCS#8 file, mode 0600, passphrase from an environment variable or a file;
 - :class:`Pkcs11Key`: a key generated *on* a PKCS#11 token (SoftHSM2 in tests) with
   ``CKA_SENSITIVE`` true and ``CKA_EXTRACTABLE`` false, so it never leaves the token;
-  every signature is made by the token.
+  every signature is made by the token;
+- :class:`TpmKey`: a key inside a TPM 2.0 (tpm2-pytss; swtpm in tests), derived from the
+  TPM's seed per label, never leaving it.
 
 ``cryptography`` only signs with its own key objects, so for a token key the builders
 (certificate, CRL, CSR) are first signed with a throw-away key of the same algorithm;
