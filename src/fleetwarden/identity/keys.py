@@ -298,6 +298,17 @@ _SESSIONS: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
+def reset_pkcs11(module: Path) -> None:
+    """Finalize and re-initialize a PKCS#11 module in this process and forget the shared
+    sessions (a module reads its configuration, e.g. SOFTHSM2_CONF, at initialisation)."""
+    import pkcs11
+
+    with _SESSIONS_LOCK:
+        for key in [k for k in _SESSIONS if k[0] == str(module)]:
+            del _SESSIONS[key]
+        pkcs11.lib(str(module)).reinitialize()
+
+
 def _pkcs11_public_der(pub: Any) -> bytes:
     from pkcs11.util.ec import encode_ec_public_key
 

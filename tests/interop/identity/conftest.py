@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from identity_support import make_csr  # noqa: F401 (re-exported for the tests)
 from sqlalchemy import func, select
 
 from fleetwarden.identity.ca import CaPaths, init_ca
@@ -40,16 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def make_csr(device_id: str, key: Any | None = None) -> tuple[Any, bytes]:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .sign(key, hashes.SHA256())
-    )
-    return key, csr.public_bytes(serialization.Encoding.DER)
 
 
 def make_manufacturer_ca(d: Path) -> tuple[Any, x509.Certificate]:

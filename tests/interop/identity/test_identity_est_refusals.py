@@ -15,8 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-
-from conftest import make_csr
+from identity_support import make_csr
 
 pytestmark = [pytest.mark.interop]
 

@@ -378,7 +378,7 @@ def test_revocation_event_regenerates_served_crl(fleet) -> None:
 
     fleet.add_device("bus-1")
     key = ec.generate_private_key(ec.SECP256R1())
-    from conftest import make_csr
+    from identity_support import make_csr
 
     _, der = make_csr("bus-1", key)
     from fleetwarden.identity.service import TokenAuth

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from fleetwarden.identity.ca import CaPaths, init_ca
 from fleetwarden.identity.config import IdentitySettings
-from fleetwarden.identity.keys import Pkcs11Key, sign_csr
+from fleetwarden.identity.keys import Pkcs11Key, reset_pkcs11, sign_csr
 
 pytestmark = [pytest.mark.interop]
 
@@ -53,6 +53,8 @@ def token(tmp_path_factory: pytest.TempPathFactory):
         capture_output=True,
     )
     os.environ["FLEETWARDEN_PKCS11_PIN"] = PIN
+    # Another test in this process may have initialised SoftHSM2 with its own config.
+    reset_pkcs11(MODULE)
     yield "fleetwarden"
     os.environ.pop("FLEETWARDEN_PKCS11_PIN", None)
     # SOFTHSM2_CONF stays: the library is initialised once per process with it.
