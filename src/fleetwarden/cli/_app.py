@@ -11,7 +11,17 @@ import typer
 
 from fleetwarden import __version__
 from fleetwarden._internal.files import atomic_write, ensure_private_dir
-from fleetwarden.cli import agent, alerts, auditlog, detect, device, firmware, group, identity, token
+from fleetwarden.cli import (
+    agent,
+    alerts,
+    auditlog,
+    detect,
+    device,
+    firmware,
+    group,
+    identity,
+    token,
+)
 from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import Role, TokenCreate
