@@ -27,6 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from fleetwarden.api import create_app
 from fleetwarden.errors import ConfigError, Error
 from fleetwarden.events import Event, EventBus, Severity, create_bus, detection_finding
+from fleetwarden.identity.component import IdentityComponent
+from fleetwarden.identity.tls import server_tls
 from fleetwarden.registry import Registry
 from fleetwarden.settings import Settings
 
@@ -141,6 +143,7 @@ def components(settings: Settings) -> list[Component]:
     return [
         *([AuditLogComponent()] if settings.auditlog.enabled else []),
         OutboxRelay(),
+        IdentityComponent(),
         *detect,
         FirmwareComponent(),
     ]
@@ -161,6 +164,8 @@ async def serve(
     parts = components(settings) + (extra or [])
     await bus.start()
     started: list[Component] = []
+    # HTTPS with optional client certificates once the fleet CA exists (identity.tls).
+    tls = server_tls(settings, registry)
     config = uvicorn.Config(
         app,
         host=settings.api_host,
@@ -168,6 +173,7 @@ async def serve(
         log_level="warning",
         lifespan="off",
         server_header=False,
+        **(tls.uvicorn_kwargs() if tls else {}),
     )
     server = uvicorn.Server(config)
     sock = bind_socket(settings.api_host, settings.api_port)
@@ -175,10 +181,13 @@ async def serve(
         for part in parts:
             await part.start(ctx)
             started.append(part)
-        base = f"http://{_host(settings.api_host)}:{settings.api_port}"
+        port = sock.getsockname()[1]
+        base = f"{'https' if tls else 'http'}://{_host(settings.api_host)}:{port}"
         ctx.urls.update(
             {"API": f"{base}/v1", "OpenAPI": f"{base}/openapi.json", "Health": f"{base}/health"}
         )
+        if tls:
+            ctx.urls["EST"] = f"{base}/.well-known/est/"
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serve_task.done():
             await asyncio.sleep(0.02)

@@ -27,6 +27,7 @@ from fleetwarden.auditlog.config import AuditLogSettings
 from fleetwarden.detect.config import DetectSettings
 from fleetwarden.errors import ConfigError
 from fleetwarden.firmware.config import FirmwareSettings
+from fleetwarden.identity.config import IdentitySettings
 
 CONFIG_FILE = "fleetwarden.toml"
 DEFAULT_DATA_DIR = Path("fleetwarden-data")
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     auditlog: AuditLogSettings = Field(default_factory=AuditLogSettings)
     detect: DetectSettings = Field(default_factory=DetectSettings)
     firmware: FirmwareSettings = Field(default_factory=FirmwareSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @field_validator("log_level")
     @classmethod

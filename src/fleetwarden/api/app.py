@@ -21,6 +21,7 @@ from fleetwarden.api.limits import BodyLimitMiddleware
 from fleetwarden.api.routes import auditlog, detect, devices, groups, tokens
 from fleetwarden.errors import AuthError, Error
 from fleetwarden.firmware import api as firmware_api
+from fleetwarden.identity import api as identity_api
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import explain
 from fleetwarden.settings import Settings
@@ -95,4 +96,5 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(auditlog.router)
     app.include_router(detect.router)
     app.include_router(firmware_api.router)
+    app.include_router(identity_api.router)
     return app

@@ -11,7 +11,17 @@ import typer
 
 from fleetwarden import __version__
 from fleetwarden._internal.files import atomic_write, ensure_private_dir
-from fleetwarden.cli import alerts, auditlog, detect, device, firmware, group, token
+from fleetwarden.cli import (
+    agent,
+    alerts,
+    auditlog,
+    detect,
+    device,
+    firmware,
+    group,
+    identity,
+    token,
+)
 from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import Role, TokenCreate
@@ -30,6 +40,9 @@ app.add_typer(auditlog.app, name="log")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(detect.app, name="detect")
 app.add_typer(firmware.app, name="firmware")
+app.add_typer(identity.ca_app, name="ca")
+identity.add_device_commands(device.app)
+app.add_typer(agent.app, name="agent")
 
 
 @app.callback()

@@ -1,0 +1,121 @@
+"""The identity control inside ``fleetwarden up``: EST service, CRL upkeep and serving.
+
+On start (when the fleet CA exists) it loads the CA, attaches the
+:class:`IdentityService` to the API app (the EST routes use it), writes a fresh CRL and
+starts a plain-HTTP server for the CRL distribution point.
+
+CRL freshness invariant: the CRL is regenerated after ``crl_refresh_fraction`` of its
+validity (half by default), so a published CRL is never past its nextUpdate while the
+service runs; it is also regenerated at once when a revocation event arrives from any
+process (CLI, API) through the outbox relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fleetwarden.events import Event, EventClass
+from fleetwarden.identity.ca import CaPaths, FleetCA
+from fleetwarden.identity.service import IdentityService, revocation_of
+from fleetwarden.identity.tls import manufacturer_cas
+
+if TYPE_CHECKING:
+    from fleetwarden.service import Context
+
+log = logging.getLogger(__name__)
+
+
+class IdentityComponent:
+    name = "identity"
+
+    def __init__(self) -> None:
+        self.service: IdentityService | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._crl_server: uvicorn.Server | None = None
+        self._wake = asyncio.Event()
+        self.crl_port: int | None = None
+
+    async def start(self, ctx: Context) -> None:
+        s = ctx.settings
+        if not CaPaths.of(s.data_dir).exists():
+            log.info("no fleet CA: EST and CRL are off (run `fleetwarden ca init`)")
+            return
+        ca = await run_in_threadpool(FleetCA.load, s.data_dir, s.identity)
+        self.service = IdentityService(
+            ctx.registry, ca, manufacturer_cas=manufacturer_cas(s.identity)
+        )
+        ctx.app.state.identity = self.service
+        await run_in_threadpool(self.service.regenerate_crl)
+        ctx.bus.subscribe(
+            "identity-crl", self._on_event, classes=[EventClass.DEVICE_CONFIG_STATE_CHANGE]
+        )
+        self._tasks.append(asyncio.create_task(self._refresh(), name="identity-crl"))
+        await self._serve_crl(s.identity.crl_host, s.identity.crl_port)
+        host = s.identity.crl_host
+        ctx.urls["CRL"] = f"http://{host}:{self.crl_port}/crl/issuing.crl"
+        ctx.urls["CA chain"] = str(ca.paths.chain)
+
+    async def _on_event(self, event: Event) -> None:
+        if revocation_of(event) is not None:
+            self._wake.set()
+
+    async def _refresh(self) -> None:
+        assert self.service is not None
+        cfg = self.service.settings
+        period = cfg.crl_validity_hours * 3600 * cfg.crl_refresh_fraction
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=period)
+            self._wake.clear()
+            try:
+                await run_in_threadpool(self.service.regenerate_crl)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep trying: a stale CRL is worse than a retry
+                log.error("CRL regeneration failed: %s", exc)
+                await asyncio.sleep(5)
+
+    async def _serve_crl(self, host: str, port: int) -> None:
+        assert self.service is not None
+        path = self.service.ca.paths.crl
+
+        async def crl(_: Request) -> Response:
+            try:
+                data = await run_in_threadpool(path.read_bytes)
+            except OSError:
+                return Response("no CRL yet\n", status_code=503, media_type="text/plain")
+            return Response(data, media_type="application/pkix-crl")
+
+        app = Starlette(routes=[Route("/crl/issuing.crl", crl)])
+        from fleetwarden.service import bind_socket
+
+        sock = bind_socket(host, port)
+        self.crl_port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", server_header=False)
+        self._crl_server = uvicorn.Server(config)
+        self._crl_sock = sock
+        self._tasks.append(asyncio.create_task(self._crl_server.serve(sockets=[sock])))
+        while not self._crl_server.started and not self._tasks[-1].done():
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._crl_server is not None:
+            self._crl_server.should_exit = True
+        for t in self._tasks:
+            if t.get_name() == "identity-crl":
+                t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._crl_server is not None:
+            self._crl_sock.close()

@@ -1,0 +1,99 @@
+"""Registry tables of the identity control (C1 unique identity, C5 key rotation).
+
+- ``identity_certificates``: every certificate the fleet CA issued, with serial,
+  fingerprints of the certificate and of its public key, validity, status and the
+  serial it replaced (history). A public key fingerprint belongs to one device only
+  (checked at issuance: mistake M1, shared keys).
+- ``identity_enrollment_tokens``: one-time bootstrap tokens, stored as SHA-256 only.
+- ``identity_rotation_policies``: lifetime, renewal point and maximum key age per group.
+- ``identity_device_keys``: per device, the current key, when it was first certified
+  and when it was last rotated (the audit reads these for C5 and M4).
+- ``identity_enroll_requests``: enrolments waiting for manual approval.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetwarden.registry.models import Base, utcnow
+
+
+class IssuedCertificate(Base):
+    __tablename__ = "identity_certificates"
+
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex, lower case
+    kind: Mapped[str] = mapped_column(String(16))  # device | server
+    device_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    subject: Mapped[str] = mapped_column(String(512))
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    key_type: Mapped[str] = mapped_column(String(16))
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: active | superseded | revoked
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    issued_via: Mapped[str] = mapped_column(String(32))
+    replaces_serial: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "identity_enrollment_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    #: SHA-256 of the secret; the secret is printed once and never stored
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RotationPolicy(Base):
+    __tablename__ = "identity_rotation_policies"
+
+    group_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    lifetime_days: Mapped[int] = mapped_column(Integer)
+    renew_fraction: Mapped[float] = mapped_column(Float)
+    max_key_age_days: Mapped[int] = mapped_column(Integer)
+    allow_key_reuse: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DeviceKey(Base):
+    __tablename__ = "identity_device_keys"
+
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    key_type: Mapped[str] = mapped_column(String(16))
+    key_first_certified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_rotation_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rotations: Mapped[int] = mapped_column(Integer, default=0)
+    current_serial: Mapped[str] = mapped_column(String(64))
+
+
+class EnrollRequest(Base):
+    __tablename__ = "identity_enroll_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    #: pending | approved | rejected | issued
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,143 @@
+"""TPM 2.0 through tpm2-pytss against swtpm: a device key created inside the TPM signs
+its CSR there and enrols over EST; a CA whose keys live in the TPM issues certificates
+openssl accepts; the key is re-derived (same public key) by a new process context."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+
+from fleetwarden.identity.ca import CaPaths, init_ca
+from fleetwarden.identity.config import IdentitySettings
+from fleetwarden.identity.keys import TpmKey, sign_csr
+
+pytestmark = [pytest.mark.interop]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _free_pair() -> int:
+    for _ in range(50):
+        port = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.fixture(scope="module")
+def tcti(tmp_path_factory: pytest.TempPathFactory):
+    if shutil.which("swtpm") is None:
+        pytest.fail("swtpm is not installed (apt: swtpm swtpm-tools)")
+    state = tmp_path_factory.mktemp("swtpm")
+    # the swtpm TCTI talks to the control channel on port + 1
+    port = _free_pair()
+    ctrl = port + 1
+    proc = subprocess.Popen(
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--server",
+            f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+            "--flags",
+            "not-need-init,startup-clear",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"swtpm:host=127.0.0.1,port={port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_device_key_in_the_tpm_enrolls(fleet, tcti) -> None:
+    key = TpmKey(tcti, "device:tpm-1:1")
+    try:
+        csr = sign_csr(
+            x509.CertificateSigningRequestBuilder().subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tpm-1")])
+            ),
+            key,
+        )
+        assert csr.is_signature_valid and csr.public_key() == key.public_key()
+        fleet.add_device("tpm-1")
+        r = httpx.post(
+            f"{fleet.base}/.well-known/est/simpleenroll",
+            content=base64.b64encode(csr.public_bytes(serialization.Encoding.DER)),
+            headers={"Content-Type": "application/pkcs10"},
+            auth=("tpm-1", fleet.token("tpm-1")),
+            verify=fleet.tls(),
+        )
+        assert r.status_code == 200, r.text
+        cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(r.content))[0]
+        assert cert.public_key() == key.public_key()
+        pub = key.public_key()
+    finally:
+        key.close()
+    # a new context derives the same key from the same label; another label differs
+    again = TpmKey(tcti, "device:tpm-1:1")
+    other = TpmKey(tcti, "device:tpm-1:2")
+    try:
+        assert again.public_key() == pub
+        assert other.public_key() != pub
+    finally:
+        again.close()
+        other.close()
+
+
+def test_ca_keys_in_the_tpm(tcti, tmp_path: Path) -> None:
+    s = IdentitySettings(key_backend="tpm", tpm_tcti=tcti, ca_name="tpmca")
+    ca = init_ca(tmp_path, s)
+    paths = CaPaths.of(tmp_path)
+    assert not paths.issuing_key.exists() and not paths.root_key.exists()
+    cert = ca.issue_device("tpm-dev-9", ec.generate_private_key(ec.SECP256R1()).public_key())
+    (tmp_path / "leaf.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    p = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            str(paths.root_cert),
+            "-untrusted",
+            str(paths.issuing_cert),
+            "-CRLfile",
+            str(paths.crl_pem),
+            str(tmp_path / "leaf.pem"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    ca.key.close()  # type: ignore[attr-defined]
