@@ -56,7 +56,11 @@ def authenticated_device(request: Request) -> str:
     """The device id proven by the TLS client certificate (see module docstring)."""
     auth: DeviceAuthenticator | None = getattr(request.app.state, "device_authenticator", None)
     registry: Registry = request.app.state.registry
-    device = auth(request) if auth is not None else None
+    reason = "no verified device certificate"
+    try:
+        device = auth(request) if auth is not None else None
+    except AuthError as exc:  # the authenticator's refusal names its reason
+        device, reason = None, exc.diagnostics()
     if device is None:
         with registry.session() as s:
             registry.record(
@@ -65,11 +69,11 @@ def authenticated_device(request: Request) -> str:
                     device_uid=None,
                     src_ip=request.client.host if request.client else None,
                     success=False,
-                    message="DDI request without a verified device certificate",
+                    message=f"DDI request refused: {reason}",
                     protocol="hawkbit-ddi",
                 ),
             )
-        raise AuthError("a verified device certificate is required")
+        raise AuthError(f"a verified device certificate is required ({reason})")
     return device
 
 

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from fleetwarden.events import Event, EventClass
 from fleetwarden.identity.ca import CaPaths, FleetCA
+from fleetwarden.identity.est import peer_certificate
 from fleetwarden.identity.service import IdentityService, revocation_of
 from fleetwarden.identity.tls import manufacturer_cas
 
@@ -55,6 +56,7 @@ class IdentityComponent:
             ctx.registry, ca, manufacturer_cas=manufacturer_cas(s.identity)
         )
         ctx.app.state.identity = self.service
+        ctx.app.state.device_authenticator = self.authenticate_device
         await run_in_threadpool(self.service.regenerate_crl)
         ctx.bus.subscribe(
             "identity-crl", self._on_event, classes=[EventClass.DEVICE_CONFIG_STATE_CHANGE]
@@ -64,6 +66,15 @@ class IdentityComponent:
         host = s.identity.crl_host
         ctx.urls["CRL"] = f"http://{host}:{self.crl_port}/crl/issuing.crl"
         ctx.urls["CA chain"] = str(ca.paths.chain)
+
+    def authenticate_device(self, request: Request) -> str | None:
+        """Device-facing APIs (hawkBit DDI): the device the TLS client certificate
+        proves, None without one; raises ``AuthError`` naming why a certificate is not
+        good enough (expired, revoked, unknown, device inactive)."""
+        cert = peer_certificate(request)
+        if cert is None or self.service is None:
+            return None
+        return self.service.device_of(cert)
 
     async def _on_event(self, event: Event) -> None:
         if revocation_of(event) is not None:

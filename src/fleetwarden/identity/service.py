@@ -232,6 +232,33 @@ class IdentityService:
             self.refuse(exc, device_id=claimed, src_ip=src_ip, operation=operation)
             raise
 
+    def device_of(self, cert: x509.Certificate, now: datetime | None = None) -> str:
+        """The device a presented client certificate proves, for device-facing APIs
+        (hawkBit DDI, ...): the certificate must be time-valid, issued by the fleet CA,
+        recorded as that device's certificate, not revoked, and the device active.
+        The TLS layer deliberately lets expired and revoked certificates through so
+        that this check can refuse them with a reason; raise otherwise."""
+        now = now or datetime.now(UTC)
+        if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
+            raise EnrollmentAuthError("the client certificate is expired or not yet valid")
+        if not _issued_by(cert, self.ca.cert):
+            raise EnrollmentAuthError("the client certificate is not from the fleet CA")
+        serial = format(cert.serial_number, "x")
+        with self.registry.session() as s:
+            row = s.get(IssuedCertificate, serial)
+            if row is None or row.kind != "device" or row.device_id is None:
+                raise EnrollmentAuthError(
+                    "the client certificate is not a known device certificate"
+                )
+            if row.status == "revoked":
+                raise EnrollmentAuthError("the client certificate is revoked")
+            device = s.get(Device, row.device_id)
+            if device is None or device.status != "active":
+                raise EnrollmentAuthError(f"device {row.device_id!r} is not active")
+            if device_id_of(cert) != row.device_id:
+                raise EnrollmentAuthError("the certificate names another device than recorded")
+            return row.device_id
+
     def _policy(self, s: Session, device_id: str) -> Policy:
         rows = s.scalars(
             select(RotationPolicy)
