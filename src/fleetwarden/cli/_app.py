@@ -22,6 +22,7 @@ from fleetwarden.cli import (
     identity,
     token,
 )
+from fleetwarden.cli import alerts, assess, auditlog, detect, device, firmware, group, token
 from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import Role, TokenCreate
@@ -43,6 +44,7 @@ app.add_typer(firmware.app, name="firmware")
 app.add_typer(identity.ca_app, name="ca")
 identity.add_device_commands(device.app)
 app.add_typer(agent.app, name="agent")
+app.add_typer(assess.app, name="assess")
 
 
 @app.callback()

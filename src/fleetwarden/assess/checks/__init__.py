@@ -21,9 +21,9 @@ from fleetwarden.assess.model import Check, CheckFn, CheckMeta, Effort, Severity
 _REGISTRY: dict[str, Check] = {}
 _FACTORS = {
     "critical": (7.0, 8.0),
-    "high": (6.0, 7.0),
-    "medium": (4.5, 5.0),
-    "low": (3.0, 3.0),
+    "high": (4.5, 6.5),
+    "medium": (4.5, 4.5),
+    "low": (3.0, 2.5),
     "info": (1.0, 1.0),
 }
 
