@@ -44,7 +44,7 @@ app.add_typer(firmware.app, name="firmware")
 app.add_typer(identity.ca_app, name="ca")
 identity.add_device_commands(device.app)
 app.add_typer(agent.app, name="agent")
-app.add_typer(assess.app, name="assess")
+app.command(name="assess")(assess.command)
 
 
 @app.callback()

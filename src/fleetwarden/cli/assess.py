@@ -11,11 +11,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleetwarden.cli._common import console, open_registry, print_json
 
-app = typer.Typer(help="Audit a fleet against the ten controls and the OWASP IoT Top 10.")
 
 
-@app.callback(invoke_without_command=True)
-def assess(
+def command(
     evidence_dir: Annotated[
         Path | None, typer.Argument(help="Evidence bundle directory (see docs/assess.md).")
     ] = None,

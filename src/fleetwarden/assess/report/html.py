@@ -35,7 +35,7 @@ th, td { border: 1px solid #c9ced6; padding: 1mm 1.5mm; vertical-align: top; tex
 th { background: #eef1f5; font-weight: bold; }
 tr { page-break-inside: avoid; }
 code { font-family: "DejaVu Sans Mono", monospace; font-size: 8.5pt; }
-.badge { display: inline-block; padding: 0.3mm 1.8mm; border-radius: 1.5mm; font-weight: bold; font-size: 8.5pt; color: #fff; }
+.badge { display: inline-block; white-space: nowrap; padding: 0.3mm 1.8mm; border-radius: 1.5mm; font-weight: bold; font-size: 8.5pt; color: #fff; }
 .pass { background: #2e7d32; } .fail { background: #c62828; } .partial { background: #ef6c00; } .manual { background: #607d8b; }
 .critical { background: #7b1fa2; } .high { background: #c62828; } .medium { background: #ef6c00; } .low { background: #f9a825; color: #222; } .note { background: #90a4ae; }
 .grid { display: flex; gap: 4mm; } .grid > div { flex: 1; }
@@ -48,6 +48,8 @@ code { font-family: "DejaVu Sans Mono", monospace; font-size: 8.5pt; }
 .gantt .scale { display: flex; font-size: 7.5pt; color: #555; } .gantt .scale span { flex: 1; }
 .small { font-size: 8pt; color: #444; }
 .page { page-break-before: always; }
+table.fixed { table-layout: fixed; } td { overflow-wrap: anywhere; }
+.gantt td { padding-top: 0.6mm; padding-bottom: 0.6mm; }
 .nav a { margin-right: 2mm; }
 """
 
@@ -88,8 +90,10 @@ def _scorecard(a: Assessment) -> str:
         for k, v in a.controls.items()
     )
     m = "".join(
-        f"<tr><td><b>{k}</b> {_e(fw.MISTAKES[k])}</td><td>{_badge('fail' if v['present'] else 'pass')}</td>"
-        f"<td>{len(v['devices'])}</td></tr>"
+        f"<tr><td><b>{k}</b> {_e(fw.MISTAKES[k])}</td><td>"
+        + ("<span class='badge fail'>yes</span>" if v["present"] else "<span class='badge pass'>no</span>")
+        + "</td>"
+        + f"<td>{len(v['devices'])}</td></tr>"
         for k, v in a.mistakes.items()
     )
     o = "".join(
@@ -152,32 +156,46 @@ def _findings(a: Assessment) -> str:
         )
     return (
         "<h2 id='findings'>Prioritized findings</h2>"
-        "<table><tr><th>#</th><th>risk</th><th>finding</th><th>affected</th><th>maps to</th>"
+        "<table class='fixed'><colgroup><col style='width:5%'><col style='width:11%'>"
+        "<col style='width:30%'><col style='width:14%'><col style='width:15%'><col style='width:25%'>"
+        "</colgroup><tr><th>#</th><th>risk</th><th>finding</th><th>affected</th><th>maps to</th>"
         "<th>remediation</th></tr>" + "".join(rows) + "</table>"
     )
 
 
 def _gantt(a: Assessment) -> str:
-    rows = []
+    bars = []
+    details = []
     for t in a.plan:
         left = t.start_day / 90 * 100
         width = max(1.5, (t.end_day - t.start_day) / 90 * 100)
         cls = "b urgent" if t.urgent else "b"
-        rows.append(
-            f"<tr><td><b>{_e(t.title)}</b><div class='small'>{_e(t.owner)} · effort {t.effort} · "
-            f"closes {_e(', '.join(t.findings) or 'verification')}</div>"
-            f"<div class='small'>done when: {_e(t.evidence_of_done)}</div></td>"
-            f"<td class='small'>{t.phase}<br>day {t.start_day}–{t.end_day}"
-            + (f"<br>after {_e(', '.join(t.depends_on))}" if t.depends_on and t.id != "reaudit" else "")
-            + f"</td><td class='bar'><div class='track'><div class='{cls}' "
+        bars.append(
+            f"<tr><td>{_e(t.title)}</td><td class='small'>{t.start_day}–{t.end_day}</td>"
+            f"<td class='bar'><div class='track'><div class='{cls}' "
             f"style='left:{left:.1f}%;width:{width:.1f}%'></div></div></td></tr>"
+        )
+        deps = "all tasks" if t.id == "reaudit" else ", ".join(t.depends_on) or "–"
+        details.append(
+            f"<tr><td><b>{_e(t.title)}</b><br><code>{_e(t.id)}</code></td>"
+            f"<td class='small'>{t.phase}<br>day {t.start_day}–{t.end_day}<br>effort {t.effort}</td>"
+            f"<td class='small'>{_e(deps)}</td><td class='small'>{_e(t.owner)}</td>"
+            f"<td class='small'>{_e(', '.join(t.findings) or 'verification of the plan')}</td>"
+            f"<td class='small'>{_e(t.evidence_of_done)}</td></tr>"
         )
     return (
         "<h2 id='plan'>90-day remediation plan</h2><p class='small'>Red bars close critical "
-        "or compound (M1-M4) findings and start first; a task starts after those it depends on.</p>"
-        "<table class='gantt'><tr><th>task</th><th>when</th><th><div class='scale'>"
+        "or compound (M1-M4) findings and start first; a task starts after those it depends "
+        "on (per-device PKI before mutual TLS before rotation).</p>"
+        "<table class='gantt'><colgroup><col style='width:38%'><col style='width:7%'><col></colgroup>"
+        "<tr><th>task</th><th>days</th><th><div class='scale'>"
         "<span>0-30 contain</span><span>31-60 harden</span><span>61-90 sustain</span></div></th></tr>"
-        + "".join(rows)
+        + "".join(bars)
+        + "</table><h3>Tasks</h3><table class='fixed'><colgroup><col style='width:22%'>"
+        "<col style='width:10%'><col style='width:13%'><col style='width:11%'>"
+        "<col style='width:22%'><col style='width:22%'></colgroup><tr><th>task</th><th>when</th>"
+        "<th>depends on</th><th>owner</th><th>closes findings</th><th>evidence of done</th></tr>"
+        + "".join(details)
         + "</table>"
     )
 
