@@ -40,7 +40,7 @@ def parse_sbom(text: str, path: str) -> Sbom:
     doc = _load(text)
     if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX":
         raise EvidenceError("not a CycloneDX JSON document (bomFormat)")
-    comps = doc.get("components") or []
+    comps = doc.get("components") if doc.get("components") is not None else []
     if not isinstance(comps, list):
         raise EvidenceError("components is not a list")
     if len(comps) > MAX_COMPONENTS:
@@ -59,6 +59,10 @@ def parse_sbom(text: str, path: str) -> Sbom:
     return Sbom(path=path, subject=subject, components=out)
 
 
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def parse_osv(text: str, path: str) -> list[OsvRecord]:
     doc = _load(text)
     items = doc if isinstance(doc, list) else [doc]
@@ -67,29 +71,29 @@ def parse_osv(text: str, path: str) -> list[OsvRecord]:
         if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
             raise EvidenceError("OSV record without an id")
         affected = []
-        for a in rec.get("affected") or []:
+        for a in _list(rec.get("affected")):
             if not isinstance(a, dict) or not isinstance(a.get("package"), dict):
                 continue
             pkg = a["package"]
             eco, name = _purl_parts(pkg.get("purl") if isinstance(pkg.get("purl"), str) else None)
-            name = str(pkg.get("name") or name or "")
+            name = pkg["name"] if isinstance(pkg.get("name"), str) and pkg["name"] else name or ""
             if not name:
                 continue
             ranges = []
-            for r in a.get("ranges") or []:
+            for r in _list(a.get("ranges")):
                 if not isinstance(r, dict):
                     continue
                 intro = fixed = last = None
-                for e in r.get("events") or []:
+                for e in _list(r.get("events")):
                     if isinstance(e, dict):
                         intro = str(e["introduced"]) if "introduced" in e else intro
                         fixed = str(e["fixed"]) if "fixed" in e else fixed
                         last = str(e["last_affected"]) if "last_affected" in e else last
                 ranges.append(OsvRange(intro, fixed, last))
-            versions = frozenset(str(v) for v in (a.get("versions") or []) if isinstance(v, str))
+            versions = frozenset(v for v in _list(a.get("versions")) if isinstance(v, str))
             affected.append(
                 OsvAffected(
-                    str(pkg.get("ecosystem") or eco or "") or None, name, versions, ranges
+                    str(pkg.get("ecosystem") or eco or "")[:64] or None, name[:256], versions, ranges
                 )
             )
         sev = None

@@ -146,6 +146,7 @@ def parse(
                     continue
                 found[dev.id] = dev
         except UnicodeError as exc:
-            raise EvidenceError(f"not {encoding} text after line {line}: {exc}") from exc
+            label = "UTF-16" if encoding == "utf-16" else "UTF-8"
+            raise EvidenceError(f"not {label} text after line {line}: {exc}") from exc
     devices.update(found)
     return bad

@@ -151,7 +151,14 @@ def parse_firewall(text: str, path: str) -> Firewall:
 
 
 def parse_vlans(text: str, path: str) -> list[VlanRow]:
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _parse_vlans(text)
+    except csv.Error as exc:
+        raise EvidenceError(f"unreadable CSV: {exc}") from exc
+
+
+def _parse_vlans(text: str) -> list[VlanRow]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     need = {"vlan", "name", "purpose", "cidr"}
     if reader.fieldnames is None or not need <= {f.strip().lower() for f in reader.fieldnames}:
         raise EvidenceError("VLAN table needs the columns vlan, name, purpose, cidr")

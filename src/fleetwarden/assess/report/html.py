@@ -246,6 +246,7 @@ def _evidence(a: Assessment) -> str:
 def _appendix(a: Assessment) -> str:
     ev = a.evidence
     failing: dict[str, list[str]] = defaultdict(list)
+    n_failing = len({r for f in a.failing if f.scope == "device" for r in f.resources})
     for f in a.failing:
         if f.scope != "device":
             continue
@@ -263,7 +264,7 @@ def _appendix(a: Assessment) -> str:
     nav = "".join(f"<a href='#dev-page-{i + 1}'>{i + 1}</a>" for i in range(len(pages)))
     out = [
         "<h2 class='page' id='appendix'>Per-device appendix</h2>",
-        f"<p class='small'>{len(ev.devices)} devices; {len(failing)} with failing checks. "
+        f"<p class='small'>{len(ev.devices)} devices; {n_failing} with failing checks. "
         f"Showing {len(order)} (failing first) in pages of {PAGE_SIZE}; findings.json lists "
         f"every device.</p><p class='nav small'>Pages: {nav}</p>",
     ]
