@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class Status(StrEnum):
-    PASS = "PASS"
+    PASS = "PASS"  # noqa: S105 - a status, not a password
     FAIL = "FAIL"
     MANUAL = "MANUAL"
 
@@ -78,15 +78,15 @@ class Result:
     detail: str = ""
 
 
-def PASS(resource: str, detail: str = "") -> Result:  # noqa: N802 - reads like a status
+def PASS(resource: str, detail: str = "") -> Result:
     return Result(Status.PASS, resource, detail)
 
 
-def FAIL(resource: str, detail: str = "") -> Result:  # noqa: N802
+def FAIL(resource: str, detail: str = "") -> Result:
     return Result(Status.FAIL, resource, detail)
 
 
-def MANUAL(resource: str, detail: str = "") -> Result:  # noqa: N802
+def MANUAL(resource: str, detail: str = "") -> Result:
     return Result(Status.MANUAL, resource, detail)
 
 

@@ -12,7 +12,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from fleetwarden.cli._common import console, open_registry, print_json
 
 
-
 def command(
     evidence_dir: Annotated[
         Path | None, typer.Argument(help="Evidence bundle directory (see docs/assess.md).")
@@ -72,7 +71,10 @@ def command(
             a.comparison = do_compare(a, previous)
         writing = bar.add_task("writing reports", total=None)
         written = write_reports(
-            a, out, pdf=not no_pdf, progress=lambda n: bar.update(writing, description=f"writing {n}")
+            a,
+            out,
+            pdf=not no_pdf,
+            progress=lambda n: bar.update(writing, description=f"writing {n}"),
         )
     summary = {
         "danger": a.danger,

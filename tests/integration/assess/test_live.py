@@ -28,7 +28,9 @@ def test_live_reads_registry_devices(registry: Registry) -> None:
     _fill(registry)
     ev = collect_live(registry, Evidence(root="registry"))
     assert set(ev.devices) == {"m1", "m2", "m3"}
-    assert ev.devices["m1"].password_hash == "$7$same" and ev.devices["m1"].debug_ports_enabled is True
+    assert (
+        ev.devices["m1"].password_hash == "$7$same" and ev.devices["m1"].debug_ports_enabled is True
+    )
     assert any("no certificates table" in n for n in ev.notes)
     a = assess(ev)
     by = {f.check_id: f for f in a.findings}

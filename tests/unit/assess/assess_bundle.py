@@ -73,7 +73,9 @@ def _ca_objs(ca: tuple[Path, Path]) -> tuple[object, x509.Certificate]:
     return k, c
 
 
-def crypto_cert(ca: tuple[Path, Path], cn: str, serial: int, key: object, nb: datetime, na: datetime) -> bytes:
+def crypto_cert(
+    ca: tuple[Path, Path], cn: str, serial: int, key: object, nb: datetime, na: datetime
+) -> bytes:
     ca_key, ca_cert = _ca_objs(ca)
     b = (
         x509.CertificateBuilder()
@@ -98,7 +100,10 @@ def crl(ca: tuple[Path, Path], serials: list[int]) -> bytes:
     )
     for s in serials:
         b = b.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(s).revocation_date(NOW - timedelta(days=1)).build()
+            x509.RevokedCertificateBuilder()
+            .serial_number(s)
+            .revocation_date(NOW - timedelta(days=1))
+            .build()
         )
     return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
 
@@ -165,7 +170,19 @@ def build(root: Path, *, clean: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     work = root.parent / (root.name + "-work")
     work.mkdir(exist_ok=True)
-    for sub in ("certs", "cas", "crls", "broker", "network", "firmware/keys", "sbom", "vulns", "logs", "docs", "blocklists"):
+    for sub in (
+        "certs",
+        "cas",
+        "crls",
+        "broker",
+        "network",
+        "firmware/keys",
+        "sbom",
+        "vulns",
+        "logs",
+        "docs",
+        "blocklists",
+    ):
         (root / sub).mkdir(parents=True, exist_ok=True)
     ca = make_ca(work)
     shutil.copy(ca[1], root / "cas" / "fleet-ca.pem")
@@ -178,7 +195,9 @@ def build(root: Path, *, clean: bool) -> Path:
     for i, did in enumerate(ids, 1):
         ip = f"10.20.0.{i + 10}"
         if clean:
-            rows.append(f"{did},em200,high,energy,1.1.0,secure_element,private,{ip},true,10.20.0.0/16,20,meters,,8883,false,true,{seen}")
+            rows.append(
+                f"{did},em200,high,energy,1.1.0,secure_element,private,{ip},true,10.20.0.0/16,20,meters,,8883,false,true,{seen}"
+            )
         else:
             sector, storage, apn, fixed = "energy", "secure_element", "private", "true"
             pw, ports, debug = "", "8883", "false"
@@ -193,7 +212,9 @@ def build(root: Path, *, clean: bool) -> Path:
             if did == "dev-007":
                 ports = "23;8883"
             model = "em100" if did in ("dev-001", "dev-002") else "em200"
-            rows.append(f"{did},{model},high,{sector},1.1.0,{storage},{apn},{ip},{fixed},10.20.0.0/16,20,meters,{pw},{ports},{debug},true,{seen}")
+            rows.append(
+                f"{did},{model},high,{sector},1.1.0,{storage},{apn},{ip},{fixed},10.20.0.0/16,20,meters,{pw},{ports},{debug},true,{seen}"
+            )
     (root / "inventory.csv").write_text("\n".join(rows) + "\n")
 
     # --- certificates
@@ -214,7 +235,9 @@ def build(root: Path, *, clean: bool) -> Path:
         elif did == "dev-007":  # ROCA-structured RSA 2048
             k = roca_key()
             pem = work / f"{did}.pem"
-            pem.write_bytes(crypto_cert(ca, did, serial, k, NOW - timedelta(days=1), NOW + timedelta(days=200)))
+            pem.write_bytes(
+                crypto_cert(ca, did, serial, k, NOW - timedelta(days=1), NOW + timedelta(days=200))
+            )
         elif did == "dev-008":  # Debian weak key: its modulus is on the blocklist
             key, pem = device_cert(work, ca, did, serial, keytype="2048")
             n = x509.load_pem_x509_certificate(pem.read_bytes()).public_key().public_numbers().n  # type: ignore[union-attr]
@@ -222,9 +245,13 @@ def build(root: Path, *, clean: bool) -> Path:
                 "# openssl-blacklist format\n" + debian_fingerprint(n) + "\n0123456789abcdef0123\n"
             )
         elif did == "dev-009":  # expired
-            k = serialization.load_pem_private_key(device_cert(work, ca, did, serial)[0].read_bytes(), None)
+            k = serialization.load_pem_private_key(
+                device_cert(work, ca, did, serial)[0].read_bytes(), None
+            )
             pem = work / f"{did}.pem"
-            pem.write_bytes(crypto_cert(ca, did, serial, k, NOW - timedelta(days=300), NOW - timedelta(days=2)))
+            pem.write_bytes(
+                crypto_cert(ca, did, serial, k, NOW - timedelta(days=300), NOW - timedelta(days=2))
+            )
         else:
             _, pem = device_cert(work, ca, did, serial)
         shutil.copy(pem, root / "certs" / f"{did}.pem")
@@ -250,9 +277,7 @@ def build(root: Path, *, clean: bool) -> Path:
             "acl_file /etc/mosquitto/acl\nlog_dest file /var/log/mosquitto/mosquitto.log\n"
         )
         acl = "pattern readwrite #\n"
-        (root / "broker" / "passwd").write_text(
-            "backend:$7$101$" + "c2FsdHNhbHQ=$c2FtZWhhc2g=\n"
-        )
+        (root / "broker" / "passwd").write_text("backend:$7$101$" + "c2FsdHNhbHQ=$c2FtZWhhc2g=\n")
     (root / "broker" / "mosquitto.conf").write_text(conf)
     (root / "broker" / "acl").write_text(acl)
 
@@ -260,7 +285,7 @@ def build(root: Path, *, clean: bool) -> Path:
     if clean:
         nft = (
             "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n"
-            "\t\tct state established,related accept\n\t\tiif \"lo\" accept\n"
+            '\t\tct state established,related accept\n\t\tiif "lo" accept\n'
             "\t\tip saddr 10.20.0.0/16 tcp dport 8883 accept\n\t\tip saddr 10.99.0.0/24 tcp dport 22 accept\n\t}\n}\n"
         )
     else:
@@ -269,20 +294,33 @@ def build(root: Path, *, clean: bool) -> Path:
             "\t\ttcp dport 1883 accept\n\t\ttcp dport { 22, 23 } accept\n\t}\n}\n"
         )
     (root / "network" / "ruleset.nft").write_text(nft)
-    (root / "network" / "vlans.csv").write_text("vlan,name,purpose,cidr\n20,meters,smart meters (IoT only),10.20.0.0/24\n99,mgmt,management,10.99.0.0/24\n")
+    (root / "network" / "vlans.csv").write_text(
+        "vlan,name,purpose,cidr\n20,meters,smart meters (IoT only),10.20.0.0/24\n99,mgmt,management,10.99.0.0/24\n"
+    )
 
     # --- firmware
     fw_key = work / "fw.pem"
     sh(IMGTOOL, "keygen", "-k", str(fw_key), "-t", "ecdsa-p256")
-    sh(IMGTOOL, "getpub", "-k", str(fw_key), "-e", "pem", "-o", str(root / "firmware" / "keys" / "release.pub.pem"))
+    sh(
+        IMGTOOL,
+        "getpub",
+        "-k",
+        str(fw_key),
+        "-e",
+        "pem",
+        "-o",
+        str(root / "firmware" / "keys" / "release.pub.pem"),
+    )
     app = work / "app.bin"
-    app.write_bytes(bytes(random.Random(1).getrandbits(8) for _ in range(6000)) + b"\0mqtt client v1\0")
+    app.write_bytes(
+        bytes(random.Random(1).getrandbits(8) for _ in range(6000)) + b"\0mqtt client v1\0"
+    )
     sign_image(app, root / "firmware" / "em200-1.0.0.bin", fw_key, "1.0.0", 1 if clean else 5)
     sign_image(app, root / "firmware" / "em200-1.1.0.bin", fw_key, "1.1.0", 2 if clean else 3)
     if not clean:
         shutil.copy(app, root / "firmware" / "em100-1.0.0.bin")  # raw: unsigned
     zlib = "1.3.1" if clean else "1.2.11"
-    for name in (["em200-1.0.0", "em200-1.1.0"] + ([] if clean else ["em100-1.0.0"])):
+    for name in ["em200-1.0.0", "em200-1.1.0"] + ([] if clean else ["em100-1.0.0"]):
         (root / "sbom" / f"{name}.json").write_text(json.dumps({
             "bomFormat": "CycloneDX", "specVersion": "1.5",
             "metadata": {"component": {"name": name, "type": "firmware"}},
@@ -298,20 +336,24 @@ def build(root: Path, *, clean: bool) -> Path:
     # --- logs
     lines = []
     for i, did in enumerate(ids, 1):
-        lines.append(f"1764100000: New client connected from 10.20.0.{i + 10}:5{i:04d} as {did} (p2, c1, k60, u'{did}').")
+        lines.append(
+            f"1764100000: New client connected from 10.20.0.{i + 10}:5{i:04d} as {did} (p2, c1, k60, u'{did}')."
+        )
     if not clean:
-        lines.append("1764100100: New client connected from 203.0.113.9:40000 as dev-004 (p2, c1, k60, u'dev-004').")
+        lines.append(
+            "1764100100: New client connected from 203.0.113.9:40000 as dev-004 (p2, c1, k60, u'dev-004')."
+        )
         lines.append("1764100101: Client dev-004 already connected, closing old connection.")
     (root / "logs" / "mosquitto.log").write_text("\n".join(lines) + "\n")
 
     # --- policy and documents
     (root / "policy.toml").write_text(
         "[rotation]\ninterval_days = 365\n[certificates]\nmax_age_days = 365\n"
-        "[controls]\nexpected = [\"C1\",\"C2\",\"C3\",\"C4\",\"C5\",\"C6\",\"C7\",\"C8\",\"C9\",\"C10\"]\n"
-        "[alerting]\nrules = [\"auth failures > 10/min\", \"firmware hash change\", \"traffic volume x3\"]\n"
-        "destinations = [\"pagerduty:fleet\"]\n[support]\nperiod_years = 5\n"
+        '[controls]\nexpected = ["C1","C2","C3","C4","C5","C6","C7","C8","C9","C10"]\n'
+        '[alerting]\nrules = ["auth failures > 10/min", "firmware hash change", "traffic volume x3"]\n'
+        'destinations = ["pagerduty:fleet"]\n[support]\nperiod_years = 5\n'
         "[privacy]\npersonal_data = true\ntelemetry_retention_days = 90\n"
-        "[firmware.minimum]\nem200 = \"1.1.0\"\n"
+        '[firmware.minimum]\nem200 = "1.1.0"\n'
     )
     (root / "docs" / "README.md").write_text("Fleet documentation.\n")
     (root / "docs" / "security.txt").write_text("Contact: mailto:security@example.com\n")

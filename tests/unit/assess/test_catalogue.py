@@ -28,7 +28,11 @@ def test_every_control_mistake_and_owasp_item_is_covered() -> None:
 def test_references_come_from_the_framework_tables() -> None:
     for c in catalogue():
         m = c.meta
-        assert set(m.etsi) <= set(fw.ETSI) and set(m.cra) <= set(fw.CRA) and set(m.nistir) <= set(fw.NISTIR)
+        assert (
+            set(m.etsi) <= set(fw.ETSI)
+            and set(m.cra) <= set(fw.CRA)
+            and set(m.nistir) <= set(fw.NISTIR)
+        )
         assert m.etsi and m.cra and m.nistir, m.id
 
 

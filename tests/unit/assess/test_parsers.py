@@ -45,12 +45,19 @@ def test_nft_sets_and_ranges() -> None:
 def test_mosquitto_semantics() -> None:
     b = parse_conf("allow_anonymous true\n", "c")
     assert b.listeners[0].address == "127.0.0.1"  # 2.x default: localhost only
-    b = parse_conf("per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 8883\ncafile x\n", "c")
+    b = parse_conf(
+        "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 8883\ncafile x\n",
+        "c",
+    )
     assert [lst.allow_anonymous for lst in b.listeners] == [True, None]
     with pytest.raises(EvidenceError):
         parse_conf("listener abc\n", "c")
     acl = parse_acl("topic read $SYS/#\nuser a\ntopic readwrite a/#\npattern write d/%u/up\n")
-    assert [(e.user, e.kind, e.access) for e in acl] == [(None, "topic", "read"), ("a", "topic", "readwrite"), (None, "pattern", "write")]
+    assert [(e.user, e.kind, e.access) for e in acl] == [
+        (None, "topic", "read"),
+        ("a", "topic", "readwrite"),
+        (None, "pattern", "write"),
+    ]
     with pytest.raises(EvidenceError):
         parse_acl("grant all\n")
 
@@ -70,16 +77,27 @@ def test_roca_fingerprint_rejects_ordinary_keys(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     for _ in range(3):
-        n = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_numbers().n
+        n = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            .public_key()
+            .public_numbers()
+            .n
+        )
         assert not roca_vulnerable(n)
 
 
 def test_firmware_wrong_key_and_tampering(tmp_path: Path, bundles: dict[str, Path]) -> None:
     imgtool = str(Path(__import__("sys").executable).with_name("imgtool"))
     other = tmp_path / "other.pem"
-    subprocess.run([imgtool, "keygen", "-k", str(other), "-t", "ed25519"], check=True, capture_output=True)
+    subprocess.run(
+        [imgtool, "keygen", "-k", str(other), "-t", "ed25519"], check=True, capture_output=True
+    )
     pub = tmp_path / "other.pub.pem"
-    subprocess.run([imgtool, "getpub", "-k", str(other), "-e", "pem", "-o", str(pub)], check=True, capture_output=True)
+    subprocess.run(
+        [imgtool, "getpub", "-k", str(other), "-e", "pem", "-o", str(pub)],
+        check=True,
+        capture_output=True,
+    )
     data = (bundles["clean"] / "firmware" / "em200-1.0.0.bin").read_bytes()
     img = firmware.parse_image(data, "a", {"other": firmware.read_key(pub)})
     assert img.signed and img.hash_ok and img.signature_valid is False
@@ -109,7 +127,9 @@ def _mini(root: Path, policy: str) -> Path:
 def test_suppressions(tmp_path: Path) -> None:
     future = (date.today() + timedelta(days=30)).isoformat()
     past = (date.today() - timedelta(days=1)).isoformat()
-    root = _mini(tmp_path / "b", f"""
+    root = _mini(
+        tmp_path / "b",
+        f"""
 [[suppress]]
 check = "network_public_apn"
 resource = "d1"
@@ -124,7 +144,8 @@ expires = {past}
 check = "network_public_apn"
 resource = "*"
 expires = {future}
-""")
+""",
+    )
     a = assess(collect(root))
     f = next(f for f in a.findings if f.check_id == "network_public_apn")
     assert f.suppressed == ["d1"] and f.resources == ["d2"]

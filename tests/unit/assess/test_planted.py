@@ -22,20 +22,45 @@ PLANTED = {
     "identity_revoked_cert_still_active": ({"dev-010"}, {"C1", "C2"}, set(), {"I3"}),
     "identity_high_risk_key_not_in_secure_element": ({"dev-001"}, {"C1"}, set(), {"I7"}),
     "identity_key_in_plain_file": ({"dev-001"}, {"C1"}, set(), {"I7"}),
-    "transport_anonymous_access": ({"broker/mosquitto.conf#listener 1883"}, {"C2"}, set(), {"I1", "I9"}),
-    "transport_listener_without_tls": ({"broker/mosquitto.conf#listener 1883"}, {"C2"}, set(), {"I2", "I7"}),
-    "transport_public_apn_without_mtls": ({"dev-002", "dev-003", "dev-004", "dev-005"}, {"C2", "C3"}, {"M3"}, {"I2", "I3", "I7"}),
+    "transport_anonymous_access": (
+        {"broker/mosquitto.conf#listener 1883"},
+        {"C2"},
+        set(),
+        {"I1", "I9"},
+    ),
+    "transport_listener_without_tls": (
+        {"broker/mosquitto.conf#listener 1883"},
+        {"C2"},
+        set(),
+        {"I2", "I7"},
+    ),
+    "transport_public_apn_without_mtls": (
+        {"dev-002", "dev-003", "dev-004", "dev-005"},
+        {"C2", "C3"},
+        {"M3"},
+        {"I2", "I3", "I7"},
+    ),
     "network_public_apn": ({"dev-002", "dev-003", "dev-004", "dev-005"}, {"C3"}, set(), {"I2"}),
     "network_firewall_default_accept": ({"network/ruleset.nft"}, {"C4"}, set(), {"I2"}),
     "network_broker_open_to_any": ({"network/ruleset.nft"}, {"C4"}, set(), {"I2"}),
     "network_insecure_ports_open": ({"network/ruleset.nft"}, {"C4"}, set(), {"I2"}),
-    "segmentation_acl_overly_permissive": ({"broker/mosquitto.conf#acl line 1"}, {"C8"}, set(), {"I3"}),
+    "segmentation_acl_overly_permissive": (
+        {"broker/mosquitto.conf#acl line 1"},
+        {"C8"},
+        set(),
+        {"I3"},
+    ),
     "segmentation_acl_not_per_device": ({"broker/mosquitto.conf"}, {"C8"}, set(), {"I3"}),
     "firmware_image_unsigned": ({"firmware/em100-1.0.0.bin"}, {"C6"}, {"M2"}, {"I4"}),
     "firmware_rollback_possible": ({"firmware/em200-1.1.0.bin"}, {"C6"}, set(), {"I4"}),
     "incident_plan_missing": ({"docs/"}, {"C10"}, set(), {"I8"}),
     "logging_conflicting_client_ids": ({"dev-004"}, {"C7"}, set(), {"I8"}),
-    "components_known_vulnerable": ({"sbom/em100-1.0.0.json", "sbom/em200-1.0.0.json", "sbom/em200-1.1.0.json"}, set(), set(), {"I5"}),
+    "components_known_vulnerable": (
+        {"sbom/em100-1.0.0.json", "sbom/em200-1.0.0.json", "sbom/em200-1.1.0.json"},
+        set(),
+        set(),
+        {"I5"},
+    ),
     "hardening_debug_ports_enabled": ({"dev-006"}, set(), set(), {"I10"}),
     "hardening_insecure_services": ({"dev-007"}, set(), set(), {"I2"}),
     "privacy_personal_data_in_clear": ({"broker/mosquitto.conf"}, {"C2"}, set(), {"I6"}),
@@ -80,9 +105,16 @@ def test_clean_bundle_has_no_failure_and_no_manual(clean: Assessment) -> None:
 def test_danger_and_mistake_devices(dirty: Assessment) -> None:
     assert dirty.danger is True
     m = dirty.mistakes
-    assert m["M1"]["present"] and {"dev-002", "dev-003", "dev-004", "dev-005", "dev-011"} <= set(m["M1"]["devices"])
+    assert m["M1"]["present"] and {"dev-002", "dev-003", "dev-004", "dev-005", "dev-011"} <= set(
+        m["M1"]["devices"]
+    )
     assert m["M2"]["present"] and set(m["M2"]["devices"]) == {"dev-001", "dev-002"}  # model em100
-    assert m["M3"]["present"] and set(m["M3"]["devices"]) == {"dev-002", "dev-003", "dev-004", "dev-005"}
+    assert m["M3"]["present"] and set(m["M3"]["devices"]) == {
+        "dev-002",
+        "dev-003",
+        "dev-004",
+        "dev-005",
+    }
     assert m["M4"]["present"] is False
     # compound findings are rated critical and come first
     first = dirty.failing[0]
@@ -107,7 +139,12 @@ def test_plan_orders_fixes(dirty: Assessment) -> None:
     assert tasks["mtls_everywhere"].end_day < tasks["rotation_schedule"].start_day
     assert "per_device_pki" in tasks["mtls_everywhere"].depends_on
     # containment of critical/compound findings starts on day 0
-    for tid in ("contain_exposure", "contain_shared_credentials", "signed_firmware", "per_device_pki"):
+    for tid in (
+        "contain_exposure",
+        "contain_shared_credentials",
+        "signed_firmware",
+        "per_device_pki",
+    ):
         assert tasks[tid].start_day == 0 and tasks[tid].urgent
     assert all(0 <= t.start_day <= t.end_day <= 90 for t in dirty.plan)
     assert dirty.plan[-1].id == "reaudit"

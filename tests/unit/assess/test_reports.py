@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -32,8 +31,19 @@ def test_all_six_outputs(dirty_out: Path) -> None:
     assert md.splitlines()[0].startswith("**This fleet is in serious danger")
     html = (dirty_out / "report.html").read_text()
     assert "This fleet is in serious danger" in html.split("<h1>")[0]
-    assert "<script" not in html and "http://" not in html and "https://" not in html.split("</style>")[0]
-    for section in ("Executive summary", "Control scorecard", "Risk matrix", "Prioritized findings", "90-day remediation plan", "Per-device appendix"):
+    assert (
+        "<script" not in html
+        and "http://" not in html
+        and "https://" not in html.split("</style>")[0]
+    )
+    for section in (
+        "Executive summary",
+        "Control scorecard",
+        "Risk matrix",
+        "Prioritized findings",
+        "90-day remediation plan",
+        "Per-device appendix",
+    ):
         assert section in html
 
 
@@ -41,11 +51,31 @@ def test_findings_json_schema(dirty_out: Path) -> None:
     doc = json.loads((dirty_out / "findings.json").read_text())
     assert doc["danger"] is True
     assert list(doc["controls"]) == [f"C{i}" for i in range(1, 11)]
-    assert all(set(v) >= {"status", "findings"} and v["status"] in {"pass", "fail", "partial", "manual"} for v in doc["controls"].values())
+    assert all(
+        set(v) >= {"status", "findings"} and v["status"] in {"pass", "fail", "partial", "manual"}
+        for v in doc["controls"].values()
+    )
     assert list(doc["mistakes"]) == ["M1", "M2", "M3", "M4"]
-    assert all(isinstance(v["present"], bool) and isinstance(v["devices"], list) for v in doc["mistakes"].values())
+    assert all(
+        isinstance(v["present"], bool) and isinstance(v["devices"], list)
+        for v in doc["mistakes"].values()
+    )
     assert list(doc["owasp"]) == [f"I{i}" for i in range(1, 11)]
-    keys = {"check_id", "title", "status", "severity", "risk_score", "controls", "mistakes", "owasp", "etsi", "cra", "resources", "remediation", "plan_task"}
+    keys = {
+        "check_id",
+        "title",
+        "status",
+        "severity",
+        "risk_score",
+        "controls",
+        "mistakes",
+        "owasp",
+        "etsi",
+        "cra",
+        "resources",
+        "remediation",
+        "plan_task",
+    }
     for f in doc["findings"]:
         assert keys <= set(f)
         assert f["status"] in {"PASS", "FAIL", "MANUAL"}
@@ -67,9 +97,20 @@ def test_sarif_shape(dirty_out: Path) -> None:
         assert rules[res["ruleIndex"]]["id"] == res["ruleId"]
         assert res["level"] in {"error", "warning", "note", "none"}
         assert res["locations"]
-    uris = {loc["physicalLocation"]["artifactLocation"]["uri"] for r in run["results"] for loc in r["locations"] if "physicalLocation" in loc}
+    uris = {
+        loc["physicalLocation"]["artifactLocation"]["uri"]
+        for r in run["results"]
+        for loc in r["locations"]
+        if "physicalLocation" in loc
+    }
     assert "firmware/em100-1.0.0.bin" in uris
-    devices = {ll["name"] for r in run["results"] for loc in r["locations"] for ll in loc.get("logicalLocations", []) if ll["kind"] == "device"}
+    devices = {
+        ll["name"]
+        for r in run["results"]
+        for loc in r["locations"]
+        for ll in loc.get("logicalLocations", [])
+        if ll["kind"] == "device"
+    }
     assert "dev-007" in devices
 
 
@@ -88,7 +129,9 @@ def test_ocsf_lines_are_compliance_findings(dirty_out: Path) -> None:
     assert "ETSI EN 303 645 5.4-4" in roca["compliance"]["standards"]
 
 
-def test_failed_render_writes_nothing(bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_render_writes_nothing(
+    bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = assess(collect(bundles["clean"]))
     out = tmp_path / "out"
     out.mkdir()
@@ -113,7 +156,11 @@ def test_compare_improved_and_regressed(bundles: dict[str, Path], dirty_out: Pat
     prev = load_previous(dirty_out / "findings.json")
     c = compare(assess(collect(bundles["clean"])), prev)
     improved = {x["check_id"] for x in c["improved"]}
-    assert {"identity_key_roca", "firmware_image_unsigned", "transport_anonymous_access"} <= improved
+    assert {
+        "identity_key_roca",
+        "firmware_image_unsigned",
+        "transport_anonymous_access",
+    } <= improved
     assert c["regressed"] == [] and c["danger_before"] is True and c["danger_now"] is False
     # the other way round everything planted is a regression
     clean_prev = json.loads(json.dumps(prev))
@@ -123,7 +170,9 @@ def test_compare_improved_and_regressed(bundles: dict[str, Path], dirty_out: Pat
     assert "identity_key_roca" in {x["check_id"] for x in c2["regressed"]}
 
 
-def test_cli_end_to_end(bundles: dict[str, Path], dirty_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_end_to_end(
+    bundles: dict[str, Path], dirty_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cli-out"
     code = 0
     try:
@@ -140,7 +189,10 @@ def test_cli_end_to_end(bundles: dict[str, Path], dirty_out: Path, tmp_path: Pat
 
 
 def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["assess", "--out", str(tmp_path / "o")], ["assess", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]):
+    for args in (
+        ["assess", "--out", str(tmp_path / "o")],
+        ["assess", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+    ):
         code = 0
         try:
             main(args)
@@ -151,18 +203,21 @@ def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     (tmp_path / "b").mkdir()
-    try:
+    with pytest.raises(SystemExit) as exc:
         main(["assess", str(tmp_path / "b"), "--out", str(tmp_path / "o"), "--compare", str(bad)])
-    except SystemExit as exc:
-        assert exc.code != 0
+    assert exc.value.code != 0
     assert "cannot read previous findings" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
-def test_appendix_is_paginated_and_capped(bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_appendix_is_paginated_and_capped(
+    bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "big"
     root.mkdir()
-    rows = ["device_id,apn,vlan,key_storage"] + [f"d{i:05d},{'public' if i % 2 else 'private'},7,tpm" for i in range(1200)]
+    rows = ["device_id,apn,vlan,key_storage"] + [
+        f"d{i:05d},{'public' if i % 2 else 'private'},7,tpm" for i in range(1200)
+    ]
     (root / "inventory.csv").write_text("\n".join(rows) + "\n")
     a = assess(collect(root))
     text = html_mod.render(a)
@@ -174,6 +229,8 @@ def test_appendix_is_paginated_and_capped(bundles: dict[str, Path], tmp_path: Pa
 def test_html_escapes_evidence(tmp_path: Path) -> None:
     root = tmp_path / "x"
     root.mkdir()
-    (root / "inventory.csv").write_text("device_id,model,apn\nevil-1,<script>alert(1)</script>,public\n")
+    (root / "inventory.csv").write_text(
+        "device_id,model,apn\nevil-1,<script>alert(1)</script>,public\n"
+    )
     text = html_mod.render(assess(collect(root)))
     assert "<script>" not in text and "&lt;script&gt;" in text

@@ -9,6 +9,7 @@ from fleetwarden.assess.checks import check
 from fleetwarden.assess.checks._util import status
 from fleetwarden.assess.evidence import Evidence
 from fleetwarden.assess.evidence.components import affects
+from fleetwarden.assess.evidence.types import OsvRecord
 from fleetwarden.assess.model import Result
 
 
@@ -28,17 +29,14 @@ from fleetwarden.assess.model import Result
     scope="file",
 )
 def components_known_vulnerable(ev: Evidence) -> Iterator[Result]:
-    by_name: dict[str, list[object]] = {}
+    by_name: dict[str, list[OsvRecord]] = {}
     for rec in ev.vulns:
         for a in rec.affected:
             by_name.setdefault(a.name.lower(), []).append(rec)
     for sbom in ev.sboms:
-        hits = []
+        hits: list[str] = []
         for comp in sbom.components:
             for rec in by_name.get(comp.name.lower(), []):
-                from fleetwarden.assess.evidence.types import OsvRecord
-
-                assert isinstance(rec, OsvRecord)
                 if affects(rec, comp) and f"{rec.id}" not in {h.split()[0] for h in hits}:
                     hits.append(f"{rec.id} {comp.name}@{comp.version}")
         yield status(not hits, sbom.path, "; ".join(hits[:10]))

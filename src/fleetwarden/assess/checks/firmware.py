@@ -123,8 +123,7 @@ def firmware_no_security_counter(ev: Evidence) -> Iterator[Result]:
     severity="critical",
     rationale="A private key in the image is on every device that runs it: a shared "
     "credential extracted by anyone with the file (mistake M1).",
-    remediation="Remove keys from images; provision a per-device key at manufacture or "
-    "enrolment.",
+    remediation="Remove keys from images; provision a per-device key at manufacture or enrolment.",
     effort="M",
     needs=("firmware",),
     controls=("C1",),
@@ -161,8 +160,7 @@ def firmware_hardcoded_credentials(ev: Evidence) -> Iterator[Result]:
 @check(
     title="Telnet or debug service in a firmware image",
     severity="high",
-    rationale="telnetd, gdbserver or an enabled JTAG/SWD flag give a remote or physical "
-    "shell.",
+    rationale="telnetd, gdbserver or an enabled JTAG/SWD flag give a remote or physical shell.",
     remediation="Build release images without debug services and with debug ports locked.",
     effort="M",
     needs=("firmware",),
@@ -183,8 +181,7 @@ def firmware_debug_services(ev: Evidence) -> Iterator[Result]:
     severity="high",
     rationale="Devices below the minimum supported version miss security fixes and may "
     "have been downgraded.",
-    remediation="Update these devices; find out why they fell behind (failed update, "
-    "rollback).",
+    remediation="Update these devices; find out why they fell behind (failed update, rollback).",
     effort="M",
     needs=("inventory", "policy"),
     controls=("C6",),
@@ -203,7 +200,7 @@ def firmware_device_below_minimum(ev: Evidence) -> Iterator[Result]:
             return None
         if not d.firmware_version:
             return MANUAL(d.id, "firmware_version not recorded")
-        ok = vkey(d.firmware_version) >= vkey(floor)  # type: ignore[operator]
+        ok = vkey(d.firmware_version) >= vkey(floor)
         return status(ok, d.id, f"{d.firmware_version} < {floor}")
 
     yield from device_checks(ev, test)

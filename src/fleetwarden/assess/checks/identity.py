@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
+from cryptography.exceptions import InvalidSignature
+
 from fleetwarden.assess.checks import check
 from fleetwarden.assess.checks._util import (
     age_days,
@@ -244,8 +246,7 @@ def _revoked(ev: Evidence) -> dict[str, set[int]]:
     severity="medium",
     rationale="A revoked certificate whose device is still active (or still connects) means "
     "revocation is not enforced.",
-    remediation="Make the broker check the CRL (or OCSP) and disable the device in the "
-    "registry.",
+    remediation="Make the broker check the CRL (or OCSP) and disable the device in the registry.",
     effort="M",
     needs=("certs", "crls", "inventory"),
     controls=("C1", "C2"),
@@ -284,7 +285,9 @@ def identity_revoked_ca_still_active(ev: Evidence) -> Iterator[Result]:
     revoked = _revoked(ev)
     for ca in ev.cas:
         if ca.serial in revoked.get(ca.issuer, set()) and ca.subject != ca.issuer:
-            active = [c for c in device_certs(ev) if c.issuer == ca.subject and c.not_after > ev.now]
+            active = [
+                c for c in device_certs(ev) if c.issuer == ca.subject and c.not_after > ev.now
+            ]
             yield status(not active, ca.path, f"revoked; {len(active)} device certificates active")
         else:
             yield PASS(ca.path)
@@ -327,8 +330,8 @@ def identity_cert_untrusted_issuer(ev: Evidence) -> Iterator[Result]:
         for ca in by_subject.get(c.issuer, []):
             try:
                 c.obj.verify_directly_issued_by(ca.obj)
-            except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure = not issued
-                continue
+            except (ValueError, TypeError, InvalidSignature):
+                continue  # not issued by this CA; try the next one with the same name
             ok = True
             break
         yield status(ok, cert_resource(c), f"issuer {c.issuer[:80]} not among cas/")
@@ -415,8 +418,7 @@ def identity_high_risk_key_not_in_secure_element(ev: Evidence) -> Iterator[Resul
 @check(
     title="Device key stored in a plain file",
     severity="medium",
-    rationale="A key in a plain file is copied by anyone who reads the flash or the file "
-    "system.",
+    rationale="A key in a plain file is copied by anyone who reads the flash or the file system.",
     remediation="Use a secure element, TPM or at least MCU secure storage with flash "
     "readout locked.",
     effort="L",
@@ -468,9 +470,13 @@ def identity_shared_password_hash(ev: Evidence) -> Iterator[Result]:
             count[d.password_hash] += 1
     yield from device_checks(
         ev,
-        lambda d: None
-        if not d.password_hash
-        else status(count[d.password_hash] == 1, d.id, f"hash shared by {count[d.password_hash]}"),
+        lambda d: (
+            None
+            if not d.password_hash
+            else status(
+                count[d.password_hash] == 1, d.id, f"hash shared by {count[d.password_hash]}"
+            )
+        ),
     )
 
 

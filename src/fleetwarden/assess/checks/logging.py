@@ -71,9 +71,7 @@ def logging_conflicting_client_ids(ev: Evidence) -> Iterator[Result]:
             takeovers[cid] = takeovers.get(cid, 0) + n
     for cid in sorted(set(ips) | set(takeovers)):
         n_ip, n_take = len(ips.get(cid, ())), takeovers.get(cid, 0)
-        yield status(
-            n_ip <= 1 and n_take == 0, cid, f"{n_ip} source addresses, {n_take} takeovers"
-        )
+        yield status(n_ip <= 1 and n_take == 0, cid, f"{n_ip} source addresses, {n_take} takeovers")
 
 
 @check(

@@ -111,9 +111,7 @@ def network_firewall_default_accept(ev: Evidence) -> Iterator[Result]:
 def network_broker_open_to_any(ev: Evidence) -> Iterator[Result]:
     for fw in ev.firewalls:
         bad = [
-            r
-            for r in fw.rules
-            if _open_rules(r) and (r.ports is None or set(r.ports) & MQTT_PORTS)
+            r for r in fw.rules if _open_rules(r) and (r.ports is None or set(r.ports) & MQTT_PORTS)
         ]
         yield status(not bad, fw.path, "; ".join(f"line {r.line}" for r in bad[:5]))
 
@@ -121,8 +119,7 @@ def network_broker_open_to_any(ev: Evidence) -> Iterator[Result]:
 @check(
     title="Insecure service ports open to any source",
     severity="high",
-    rationale="Telnet, FTP, TFTP, SNMP and ADB reachable from anywhere are classic entry "
-    "points.",
+    rationale="Telnet, FTP, TFTP, SNMP and ADB reachable from anywhere are classic entry points.",
     remediation="Drop these ports at the firewall and disable the services on devices.",
     effort="S",
     needs=("network",),

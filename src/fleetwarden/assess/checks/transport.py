@@ -138,8 +138,7 @@ def transport_weak_ciphers(ev: Evidence) -> Iterator[Result]:
     severity="medium",
     rationale="Without use_identity_as_username a device with a valid certificate can claim "
     "any username, so per-device ACLs do not hold.",
-    remediation="Set use_identity_as_username true (or use_subject_as_username) on mTLS "
-    "listeners.",
+    remediation="Set use_identity_as_username true (or use_subject_as_username) on mTLS listeners.",
     effort="S",
     needs=("broker",),
     controls=("C2", "C8"),

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden.assess.errors import EvidenceError
-from fleetwarden.assess.evidence import _io, broker, components, documents, firmware, logs
+from fleetwarden.assess.evidence import _io, broker, components, documents, firmware, logs, pki
 from fleetwarden.assess.evidence import inventory as inventory_parser
 from fleetwarden.assess.evidence import network as network_parser
-from fleetwarden.assess.evidence import pki
 from fleetwarden.assess.evidence.types import (
     Broker,
     CertInfo,
@@ -86,9 +85,9 @@ def debian_fingerprint(modulus: int) -> str:
     return hashlib.sha1(line, usedforsecurity=False).hexdigest()[20:]
 
 
-def _guard(ev: Evidence, root: Path, path: Path, kind: str, fn: Callable[[], None]) -> None:
+def _guard(ev: Evidence, root: Path, path: Path, kind: str, fn: Callable[[Path], None]) -> None:
     try:
-        fn()
+        fn(path)
     except EvidenceError as exc:
         ev.skipped.append(Skipped(_io.rel(root, path), kind, str(exc)))
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
@@ -135,7 +134,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
         if p.exists() or p.is_symlink():
             step("inventory")
 
-            def inv(p: Path = p) -> None:
+            def inv(p: Path) -> None:
                 ev.inventory_bad_rows += inventory_parser.parse(
                     p, root, ev.devices, ev.inventory_problems, lambda n: step("inventory", n)
                 )
@@ -151,14 +150,14 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
             if i % 1000 == 0:
                 step(sub, i)
 
-            def cert(p: Path = p, target: list[CertInfo] = target) -> None:
+            def cert(p: Path, target: list[CertInfo] = target) -> None:
                 target.extend(pki.read_certs(p, root))
 
             _guard(ev, root, p, kind, cert)
         if target:
             ev.present.add(kind)
     for p in _files(ev, root, "crls", "crls"):
-        _guard(ev, root, p, "crls", lambda p=p: ev.crls.append(pki.read_crl(p, root)))
+        _guard(ev, root, p, "crls", lambda p: ev.crls.append(pki.read_crl(p, root)))
     if ev.crls:
         ev.present.add("crls")
 
@@ -167,7 +166,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
     bfiles = _files(ev, root, "broker", "broker")
     for p in bfiles:
         if p.suffix == ".conf":
-            _guard(ev, root, p, "broker", lambda p=p: ev.brokers.append(broker.read(p, root)))
+            _guard(ev, root, p, "broker", lambda p: ev.brokers.append(broker.read(p, root)))
     if ev.brokers:
         ev.present.add("broker")
 
@@ -175,7 +174,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
     step("network")
     for p in _files(ev, root, "network", "network"):
 
-        def net(p: Path = p) -> None:
+        def net(p: Path) -> None:
             text = _io.read_text(p, _io.LIMITS["network"])
             if p.suffix.lower() == ".csv":
                 ev.vlans.extend(network_parser.parse_vlans(text, _io.rel(root, p)))
@@ -190,7 +189,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
     step("firmware")
     for p in _files(ev, root, "firmware/keys", "firmware_keys"):
 
-        def key(p: Path = p) -> None:
+        def key(p: Path) -> None:
             ev.firmware_keys[_io.rel(root, p)] = firmware.read_key(p)
 
         _guard(ev, root, p, "firmware_keys", key)
@@ -202,7 +201,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
             root,
             p,
             "firmware",
-            lambda p=p: ev.firmware.append(firmware.read_image(p, root, ev.firmware_keys)),
+            lambda p: ev.firmware.append(firmware.read_image(p, root, ev.firmware_keys)),
         )
     if ev.firmware:
         ev.present.add("firmware")
@@ -215,7 +214,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
             root,
             p,
             "sbom",
-            lambda p=p: ev.sboms.append(
+            lambda p: ev.sboms.append(
                 components.parse_sbom(_io.read_text(p, _io.LIMITS["json"]), _io.rel(root, p))
             ),
         )
@@ -228,7 +227,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
             root,
             p,
             "vulns",
-            lambda p=p: ev.vulns.extend(
+            lambda p: ev.vulns.extend(
                 components.parse_osv(_io.read_text(p, _io.LIMITS["json"]), _io.rel(root, p))
             ),
         )
@@ -239,7 +238,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
     # logs
     step("logs")
     for p in _files(ev, root, "logs", "logs"):
-        _guard(ev, root, p, "logs", lambda p=p: ev.logs.append(logs.read(p, root)))
+        _guard(ev, root, p, "logs", lambda p: ev.logs.append(logs.read(p, root)))
     if ev.logs:
         ev.present.add("logs")
 
@@ -247,7 +246,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
     pp = root / "policy.toml"
     if pp.exists() or pp.is_symlink():
 
-        def pol() -> None:
+        def pol(pp: Path) -> None:
             ev.policy = documents.parse_policy(
                 _io.read_text(pp, _io.LIMITS["config"]), "policy.toml"
             )
@@ -265,8 +264,10 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
                 root,
                 p,
                 "docs",
-                lambda p=p, name=name: ev.docs.incident_plans.append(
-                    documents.parse_incident_plan(_io.read_text(p, _io.LIMITS["doc"]), name)
+                lambda p: ev.docs.incident_plans.append(
+                    documents.parse_incident_plan(
+                        _io.read_text(p, _io.LIMITS["doc"]), _io.rel(root, p)
+                    )
                 ),
             )
         elif documents.is_disclosure_policy(p.name):
@@ -276,7 +277,7 @@ def collect(root: Path, progress: Progress | None = None) -> Evidence:
 
     # Debian weak-key blocklist (openssl-blacklist format): bundle first, then the system's
     for p in [*_files(ev, root, "blocklists", "blocklist"), *_system_blocklists()]:
-        _guard(ev, root, p, "blocklist", lambda p=p: _read_blocklist(ev, p))
+        _guard(ev, root, p, "blocklist", lambda p: _read_blocklist(ev, p))
     if ev.blocklist:
         ev.present.add("blocklist")
     step("done")

@@ -51,9 +51,7 @@ def parse_conf(text: str, path: str) -> Broker:
             default.address = None
         elif key == "protocol":
             target.protocol = value.lower()
-        elif key in {"cafile", "capath", "certfile"}:
-            target.tls = True
-        elif key == "psk_hint":
+        elif key in {"cafile", "capath", "certfile"} or key == "psk_hint":
             target.tls = True
         elif key == "require_certificate":
             target.require_certificate = _flag(value)

@@ -93,14 +93,19 @@ def parse_osv(text: str, path: str) -> list[OsvRecord]:
             versions = frozenset(v for v in _list(a.get("versions")) if isinstance(v, str))
             affected.append(
                 OsvAffected(
-                    str(pkg.get("ecosystem") or eco or "")[:64] or None, name[:256], versions, ranges
+                    str(pkg.get("ecosystem") or eco or "")[:64] or None,
+                    name[:256],
+                    versions,
+                    ranges,
                 )
             )
         sev = None
         ds = rec.get("database_specific")
         if isinstance(ds, dict) and isinstance(ds.get("severity"), str):
             sev = ds["severity"].lower()
-        out.append(OsvRecord(path, rec["id"][:64], str(rec.get("summary") or "")[:300], affected, sev))
+        out.append(
+            OsvRecord(path, rec["id"][:64], str(rec.get("summary") or "")[:300], affected, sev)
+        )
     return out
 
 
@@ -110,7 +115,7 @@ def vkey(v: str) -> tuple[tuple[int, int | str], ...]:
 
 def _lt(a: str, b: str) -> bool:
     try:
-        return vkey(a) < vkey(b)  # type: ignore[operator]
+        return vkey(a) < vkey(b)
     except TypeError:
         return a < b
 

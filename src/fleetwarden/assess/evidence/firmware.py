@@ -61,7 +61,9 @@ _CREDENTIALS = re.compile(
 _SERVICES = {
     "telnetd": re.compile(rb"\btelnetd\b"),
     "gdbserver": re.compile(rb"\bgdbserver\b"),
-    "jtag/swd debug enabled": re.compile(rb"(?i)\b(?:jtag|swd)_?(?:debug_)?enable[d]?\s*=\s*(?:1|y|true)"),
+    "jtag/swd debug enabled": re.compile(
+        rb"(?i)\b(?:jtag|swd)_?(?:debug_)?enable[d]?\s*=\s*(?:1|y|true)"
+    ),
     "uart root shell": re.compile(rb"(?i)\bconsole=tty\S*.*\binit=/bin/sh\b"),
 }
 _VERSION_IN_NAME = re.compile(r"[-_]v?\d+(?:\.\d+)*(?:[-+_].*)?$")
@@ -139,9 +141,7 @@ def parse_image(data: bytes, path: str, keys: dict[str, PublicKey]) -> FirmwareI
     if len(data) < HEADER.size or struct.unpack_from("<I", data)[0] != IMAGE_MAGIC:
         return img
     img.format = "mcuboot"
-    (_, _, hdr_size, prot_size, img_size, _, major, minor, rev, build, _) = HEADER.unpack_from(
-        data
-    )
+    (_, _, hdr_size, prot_size, img_size, _, major, minor, rev, build, _) = HEADER.unpack_from(data)
     img.version = (major, minor, rev, build)
     body_end = hdr_size + img_size
     if hdr_size < HEADER.size or body_end > len(data):

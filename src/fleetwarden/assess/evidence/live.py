@@ -45,7 +45,13 @@ def collect_live(reg: Registry, ev: Evidence) -> Evidence:
                 "status": d.status,
             }
             attrs = dict(d.attributes or {})
-            for key in ("password_hash", "open_ports", "debug_ports_enabled", "secure_boot", "last_seen"):
+            for key in (
+                "password_hash",
+                "open_ports",
+                "debug_ports_enabled",
+                "secure_boot",
+                "last_seen",
+            ):
                 if key in attrs:
                     row[key] = attrs[key]
             row = {k: v for k, v in row.items() if v is not None}

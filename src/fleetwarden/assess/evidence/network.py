@@ -25,7 +25,9 @@ _NFT_DPORT = re.compile(r"(tcp|udp)\s+dport\s+(\{[^}]*\}|\S+)")
 _VERDICT = re.compile(r"\b(accept|drop|reject)\b")
 # matchers that narrow a rule in ways this reader does not model (connection state,
 # interface): such a rule is marked "cond" and never counted as open to everyone
-_COND = re.compile(r"\bct\s+state\b|\biif(?:name)?\b|\boif(?:name)?\b|--ctstate|--state|\s-i\s|\s-o\s")
+_COND = re.compile(
+    r"\bct\s+state\b|\biif(?:name)?\b|\boif(?:name)?\b|--ctstate|--state|\s-i\s|\s-o\s"
+)
 
 
 def _ports(text: str) -> tuple[int, ...]:
@@ -162,7 +164,7 @@ def _parse_vlans(text: str) -> list[VlanRow]:
     need = {"vlan", "name", "purpose", "cidr"}
     if reader.fieldnames is None or not need <= {f.strip().lower() for f in reader.fieldnames}:
         raise EvidenceError("VLAN table needs the columns vlan, name, purpose, cidr")
-    out = []
+    out: list[VlanRow] = []
     for row in reader:
         if len(out) >= 4094:
             raise EvidenceError("more than 4094 VLAN rows")

@@ -33,7 +33,7 @@ OUTPUTS = (
 def render_pdf(html_text: str, target: Path) -> None:
     # WeasyPrint is imported late: it pulls in Pango, which the rest does not need
     try:
-        from weasyprint import HTML
+        from weasyprint import HTML  # type: ignore[import-untyped]
     except (ImportError, OSError) as exc:
         raise ReportError(f"PDF rendering needs WeasyPrint and Pango: {exc}") from exc
     HTML(string=html_text).write_pdf(str(target))

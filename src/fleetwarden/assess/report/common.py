@@ -9,7 +9,10 @@ from fleetwarden.assess.engine import Assessment
 def danger_line(a: Assessment) -> str:
     present = [m for m, v in a.mistakes.items() if v["present"]]
     names = "; ".join(f"{m} {fw.MISTAKES[m]}" for m in present)
-    return f"This fleet is in serious danger: {len(present)} of the four mistakes are present ({names})."
+    return (
+        f"This fleet is in serious danger: {len(present)} of the four mistakes are present "
+        f"({names})."
+    )
 
 
 def headline(a: Assessment) -> str:

@@ -67,12 +67,16 @@ def to_json(a: Assessment) -> dict[str, Any]:
         },
         "controls": a.controls,
         "mistakes": a.mistakes,
-        "owasp": {k: {"status": v["status"], "findings": v["findings"]} for k, v in a.owasp.items()},
+        "owasp": {
+            k: {"status": v["status"], "findings": v["findings"]} for k, v in a.owasp.items()
+        },
         "findings": [finding_json(f) for f in a.findings],
         "plan": [asdict(t) for t in a.plan],
         "evidence": {
             "present": sorted(ev.present),
-            "unreadable": [{"path": s.path, "kind": s.kind, "reason": s.reason} for s in ev.skipped],
+            "unreadable": [
+                {"path": s.path, "kind": s.kind, "reason": s.reason} for s in ev.skipped
+            ],
             "inventory_problems": ev.inventory_problems,
             "notes": ev.notes,
         },

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the stylesheet keeps one CSS rule per line
 """report.html: self-contained (inline CSS, no scripts, no external resources).
 
 Sections: executive summary, control scorecard, risk matrix, prioritized findings, plan
@@ -70,7 +71,9 @@ def _summary(a: Assessment) -> str:
         f"<span class='small'>({len(f.resources)} affected; {_e(', '.join([*f.controls, *f.mistakes]))})</span></li>"
         for f in top
     )
-    missing = sorted({"inventory", "certs", "broker", "network", "firmware", "policy", "docs"} - ev.present)
+    missing = sorted(
+        {"inventory", "certs", "broker", "network", "firmware", "policy", "docs"} - ev.present
+    )
     return (
         "<h2 id='summary'>Executive summary</h2>"
         f"<p>{_e(headline(a))}</p>"
@@ -91,7 +94,11 @@ def _scorecard(a: Assessment) -> str:
     )
     m = "".join(
         f"<tr><td><b>{k}</b> {_e(fw.MISTAKES[k])}</td><td>"
-        + ("<span class='badge fail'>yes</span>" if v["present"] else "<span class='badge pass'>no</span>")
+        + (
+            "<span class='badge fail'>yes</span>"
+            if v["present"]
+            else "<span class='badge pass'>no</span>"
+        )
         + "</td>"
         + f"<td>{len(v['devices'])}</td></tr>"
         for k, v in a.mistakes.items()
@@ -171,14 +178,14 @@ def _gantt(a: Assessment) -> str:
         width = max(1.5, (t.end_day - t.start_day) / 90 * 100)
         cls = "b urgent" if t.urgent else "b"
         bars.append(
-            f"<tr><td>{_e(t.title)}</td><td class='small'>{t.start_day}–{t.end_day}</td>"
+            f"<tr><td>{_e(t.title)}</td><td class='small'>{t.start_day}-{t.end_day}</td>"
             f"<td class='bar'><div class='track'><div class='{cls}' "
             f"style='left:{left:.1f}%;width:{width:.1f}%'></div></div></td></tr>"
         )
-        deps = "all tasks" if t.id == "reaudit" else ", ".join(t.depends_on) or "–"
+        deps = "all tasks" if t.id == "reaudit" else ", ".join(t.depends_on) or "-"
         details.append(
             f"<tr><td><b>{_e(t.title)}</b><br><code>{_e(t.id)}</code></td>"
-            f"<td class='small'>{t.phase}<br>day {t.start_day}–{t.end_day}<br>effort {t.effort}</td>"
+            f"<td class='small'>{t.phase}<br>day {t.start_day}-{t.end_day}<br>effort {t.effort}</td>"
             f"<td class='small'>{_e(deps)}</td><td class='small'>{_e(t.owner)}</td>"
             f"<td class='small'>{_e(', '.join(t.findings) or 'verification of the plan')}</td>"
             f"<td class='small'>{_e(t.evidence_of_done)}</td></tr>"
@@ -271,19 +278,21 @@ def _appendix(a: Assessment) -> str:
     for i, page in enumerate(pages):
         rows = []
         for did in page:
-            d = ev.devices[did]
+            dev = ev.devices[did]
             fails = failing.get(did, [])
             rows.append(
-                f"<tr><td><code>{_e(did)}</code></td><td>{_e(d.model or '')}</td>"
-                f"<td>{_e(d.risk_class)}{(' / ' + _e(d.sector)) if d.sector else ''}</td>"
-                f"<td>{_e(d.key_storage)}</td><td>{_e(d.apn or '')}</td>"
+                f"<tr><td><code>{_e(did)}</code></td><td>{_e(dev.model or '')}</td>"
+                f"<td>{_e(dev.risk_class)}{(' / ' + _e(dev.sector)) if dev.sector else ''}</td>"
+                f"<td>{_e(dev.key_storage)}</td><td>{_e(dev.apn or '')}</td>"
                 f"<td>{_badge('fail') if fails else _badge('pass')}</td>"
                 f"<td class='small'>{_e(', '.join(fails))}</td></tr>"
             )
         out.append(
             f"<div class='{'page' if i else ''}' id='dev-page-{i + 1}'><h3>Devices, page {i + 1} of {len(pages)}</h3>"
             "<table><tr><th>device</th><th>model</th><th>risk class</th><th>key storage</th>"
-            "<th>APN</th><th>status</th><th>failing checks</th></tr>" + "".join(rows) + "</table></div>"
+            "<th>APN</th><th>status</th><th>failing checks</th></tr>"
+            + "".join(rows)
+            + "</table></div>"
         )
     return "".join(out)
 

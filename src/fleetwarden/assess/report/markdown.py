@@ -30,7 +30,8 @@ def render(a: Assessment) -> str:
     out.append("| mistake | present | devices |")
     out.append("|---|---|---|")
     for mid, v in a.mistakes.items():
-        out.append(f"| {mid} {fw.MISTAKES[mid]} | {'yes' if v['present'] else 'no'} | {len(v['devices'])} |")
+        present = "yes" if v["present"] else "no"
+        out.append(f"| {mid} {fw.MISTAKES[mid]} | {present} | {len(v['devices'])} |")
     out.append("")
     out.append("| OWASP IoT 2018 | status |")
     out.append("|---|---|")

@@ -19,10 +19,12 @@ SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "
 
 
 def _location(resource: str, scope: str) -> dict[str, Any]:
-    if scope == "device" or "/" not in resource and "." not in resource.split("#")[0]:
+    if scope == "device" or ("/" not in resource and "." not in resource.split("#")[0]):
         return {"logicalLocations": [{"name": resource, "kind": "device"}]}
     uri, _, frag = resource.partition("#")
-    loc: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "BUNDLE"}}}
+    loc: dict[str, Any] = {
+        "physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "BUNDLE"}}
+    }
     if frag:
         loc["logicalLocations"] = [{"name": frag, "kind": "member"}]
     return loc
@@ -56,7 +58,9 @@ def to_sarif(a: Assessment) -> dict[str, Any]:
                     "ruleId": f.check_id,
                     "ruleIndex": idx,
                     "kind": kind,
-                    "message": {"text": f"{f.title}: {r}" + (f" ({f.details[r]})" if r in f.details else "")},
+                    "message": {
+                        "text": f"{f.title}: {r}" + (f" ({f.details[r]})" if r in f.details else "")
+                    },
                     "locations": [_location(r, f.scope)],
                 }
                 if kind == "fail":
@@ -78,7 +82,9 @@ def to_sarif(a: Assessment) -> dict[str, Any]:
                         "rules": rules,
                     }
                 },
-                "originalUriBaseIds": {"BUNDLE": {"uri": "file://" + a.evidence.root.rstrip("/") + "/"}},
+                "originalUriBaseIds": {
+                    "BUNDLE": {"uri": "file://" + a.evidence.root.rstrip("/") + "/"}
+                },
                 "results": results,
             }
         ],
