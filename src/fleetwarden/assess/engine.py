@@ -77,6 +77,7 @@ class Finding:
 class Assessment:
     evidence: Evidence
     findings: list[Finding]
+    #: the FAIL and MANUAL results of each check (PASS results are only counted)
     results: dict[str, list[Result]]
     controls: dict[str, dict[str, Any]]
     mistakes: dict[str, dict[str, Any]]
@@ -163,7 +164,6 @@ def assess(
     for i, check in enumerate(checks):
         m = check.meta
         rs = _run_one(check, ev)
-        results[m.id] = rs
         f = Finding(
             check_id=m.id,
             title=m.title,
@@ -197,6 +197,9 @@ def assess(
                     f.details.setdefault(r.resource, r.detail)
             else:
                 f.passed += 1
+        # PASS results are only counted: a million devices x 80 checks would not fit
+        results[m.id] = [r for r in rs if r.status is not Status.PASS]
+        del rs
         f.status = "FAIL" if f.resources else ("MANUAL" if f.manual and not f.passed else "PASS")
         findings.append(f)
         if progress is not None:

@@ -62,3 +62,12 @@ def test_device_defender_parity() -> None:
         "LOGGING_DISABLED_CHECK",
     ):
         assert name in dd, name
+
+
+def test_docs_list_every_check() -> None:
+    from pathlib import Path
+
+    from fleetwarden.assess.catalogue_doc import table
+
+    doc = (Path(__file__).parents[3] / "docs" / "assess.md").read_text()
+    assert table() in doc, "regenerate: python -m fleetwarden.assess.catalogue_doc"

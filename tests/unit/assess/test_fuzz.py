@@ -244,3 +244,35 @@ def test_empty_bundle_is_all_manual(tmp_path: Path) -> None:
     assert a.failing == [] and a.danger is False
     assert all(f.status == "MANUAL" for f in a.findings)
     assert all(v["status"] == "manual" for v in a.controls.values())
+
+
+cell = st.one_of(
+    st.sampled_from(["", " ", "x", "dev-1", "energy", "Energy", "low", "high", "tpm", "file", "public", "private",
+                     "10.0.0.1", "::1", "300.1.1.1", "10.0.0.0/8", "10.0.0.0/8;192.168.0.0/16", "bad/cidr", "true",
+                     "false", "maybe", "0", "4095", "20", "a;b", "bad name", "8883;23", "70000", "2026-01-01T00:00:00",
+                     "yesterday", "1.2.3", "x" * 70, "x" * 130]),
+    st.text(max_size=12),
+)  # fmt: skip
+COLS = ["device_id", "model", "hardware_revision", "risk_class", "sector", "firmware_version", "key_storage", "apn", "ip",
+        "ip_fixed", "allowed_cidrs", "vlan", "groups", "password_hash", "open_ports", "debug_ports_enabled",
+        "secure_boot", "last_seen", "site"]  # fmt: skip
+
+
+@FUZZ
+@given(st.lists(cell, min_size=len(COLS), max_size=len(COLS)))
+def test_fast_inventory_path_agrees_with_the_registry_schema(cells: list[str]) -> None:
+    """The fast CSV path accepts exactly what the registry import accepts, with the same values."""
+    from fleetwarden.assess.evidence import inventory
+    from fleetwarden.registry import importer
+
+    cols, extra = inventory.plan_columns(COLS)
+    try:
+        slow = inventory.to_device({h: importer._csv_cell(h, c) for h, c in zip(COLS, cells, strict=True)})
+    except (ValueError, TypeError):
+        slow = None
+    try:
+        fast = inventory.fast_device(cells, cols, extra)
+    except (ValueError, TypeError):
+        fast = None
+    if fast is not None:
+        assert slow == fast

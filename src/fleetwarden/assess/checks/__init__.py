@@ -19,6 +19,20 @@ from fleetwarden.assess.errors import CatalogueError
 from fleetwarden.assess.model import Check, CheckFn, CheckMeta, Effort, Severity
 
 _REGISTRY: dict[str, Check] = {}
+#: catalogue order: the ten controls in order, then the OWASP items beyond them
+MODULE_ORDER = (
+    "identity",
+    "transport",
+    "network",
+    "rotation",
+    "firmware",
+    "logging",
+    "segmentation",
+    "alerting",
+    "incident",
+    "components",
+    "hardening",
+)
 _FACTORS = {
     "critical": (7.0, 8.0),
     "high": (4.5, 6.5),
@@ -107,7 +121,8 @@ def catalogue() -> list[Check]:
     )
     from fleetwarden.assess.checks import firmware as _firmware  # noqa: F401
 
-    return list(_REGISTRY.values())
+    order = {name: i for i, name in enumerate(MODULE_ORDER)}
+    return sorted(_REGISTRY.values(), key=lambda c: order[c.fn.__module__.rsplit(".", 1)[-1]])
 
 
 def by_id() -> dict[str, Check]:

@@ -13,8 +13,10 @@ not UTF-8 is refused as a whole.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +27,8 @@ import pydantic
 from fleetwarden.assess.errors import EvidenceError
 from fleetwarden.assess.evidence import _io
 from fleetwarden.assess.evidence.types import Device
-from fleetwarden.registry import importer
-from fleetwarden.registry.schemas import DeviceCreate
+from fleetwarden.registry import importer, schemas
+from fleetwarden.registry.schemas import ApnKind, DeviceCreate, KeyStorage, RiskClass
 
 MAX_PROBLEMS = 100
 EXTRA = ("password_hash", "open_ports", "debug_ports_enabled", "secure_boot", "last_seen")
@@ -94,10 +96,136 @@ def to_device(row: dict[str, Any]) -> Device:
     )
 
 
+_SECTOR = re.compile(r"^[a-z0-9_-]+$")
+_RISK = frozenset(r.value for r in RiskClass)
+_STORAGE = frozenset(k.value for k in KeyStorage)
+_APN = frozenset(a.value for a in ApnKind)
+
+
+_COLS = (
+    "device_id", "model", "hardware_revision", "risk_class", "sector", "firmware_version",
+    "key_storage", "apn", "ip", "ip_fixed", "allowed_cidrs", "vlan", "groups", "status",
+    "password_hash", "open_ports", "debug_ports_enabled", "secure_boot", "last_seen",
+)  # fmt: skip
+
+
+def plan_columns(header: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Index of each of ``_COLS`` in the header (-1 when absent) and the extra columns."""
+    idx = {h: i for i, h in enumerate(header)}
+    extra = tuple(i for h, i in idx.items() if h not in _COLS)
+    return tuple(idx.get(c, -1) for c in _COLS), extra
+
+
+def fast_device(cells: list[str], cols: tuple[int, ...], extra: tuple[int, ...]) -> Device:
+    """The registry import's validation for one CSV row, without building a pydantic model.
+
+    Same rules as :class:`DeviceCreate` (the schema's own validators for ids, addresses,
+    CIDRs and names; its enumerations and length limits); ``tests/unit/assess`` checks
+    the two agree. Any doubt raises ValueError and the caller re-validates the row with
+    the pydantic model for the exact message.
+    """
+    v = [cells[i].strip() if i >= 0 else "" for i in cols]
+    (did, model, hwrev, risk, sector, fwv, storage, apn, ip, fixed, cidrs_raw, vlan_raw,
+     groups_raw, status, hash_, ports, debug, sboot, seen) = v  # fmt: skip
+    did = schemas._device_id(did)
+    if len(model) > 128 or len(hwrev) > 64 or len(fwv) > 64:
+        raise ValueError("length")
+    if sector:
+        sector = sector.lower()
+        if len(sector) > 64 or not _SECTOR.match(sector):
+            raise ValueError("sector")
+    risk = risk or "medium"
+    storage = storage or "unknown"
+    if risk not in _RISK or storage not in _STORAGE or (apn and apn not in _APN):
+        raise ValueError("enumeration")
+    cidrs = [p.strip() for p in cidrs_raw.split(";") if p.strip()] if cidrs_raw else []
+    groups = [p.strip() for p in groups_raw.split(";") if p.strip()] if groups_raw else []
+    if len(cidrs) > 256 or len(groups) > 64:
+        raise ValueError("list too long")
+    vlan = int(vlan_raw) if vlan_raw else None
+    if vlan is not None and not 1 <= vlan <= 4094:
+        raise ValueError("vlan")
+    if extra and sum(1 for i in extra if cells[i].strip()) > 64:
+        raise ValueError("attributes")
+    return Device(
+        id=did,
+        model=model or None,
+        risk_class=risk,
+        sector=sector or None,
+        firmware_version=fwv or None,
+        key_storage=storage,
+        apn=apn or None,
+        ip=schemas._ip(ip) if ip else None,
+        ip_fixed=_bool(fixed) if fixed else None,
+        allowed_cidrs=tuple(schemas._cidr(c) for c in cidrs),
+        vlan=vlan,
+        groups=tuple(schemas._name(g) for g in groups),
+        status=status.lower()[:16] if status else "active",
+        password_hash=hash_[:512] if hash_ else None,
+        open_ports=_ports(ports) if ports else None,
+        debug_ports_enabled=_bool(debug) if debug else None,
+        secure_boot=_bool(sboot) if sboot else None,
+        last_seen=_when(seen) if seen else None,
+    )
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, pydantic.ValidationError):
         return importer._describe(exc)
     return str(exc)[:200]
+
+
+def _rows_csv_fast(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | str | Device]]:
+    """Like ``importer._rows_csv`` but validating straight into :class:`Device`.
+
+    A row the fast path refuses is handed on as the importer's dict, so the pydantic
+    model produces the exact error message (and the same verdict).
+    """
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(importer.MAX_FIELD)
+    try:
+        reader = csv.reader(text)
+        try:
+            header = [h.strip().lstrip("\ufeff") for h in next(reader)]
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield 1, f"unreadable CSV header: {exc}"
+            return
+        if "device_id" not in header:
+            yield 1, "header has no device_id column"
+            return
+        if len(set(header)) != len(header):
+            yield 1, "header repeats a column name"
+            return
+        cols, extra = plan_columns(header)
+        width = len(header)
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield reader.line_num, f"unreadable CSV: {exc}"
+                return
+            line = reader.line_num
+            if not cells or (len(cells) == 1 and cells[0].strip() == ""):
+                continue
+            if len(cells) != width:
+                yield line, f"expected {width} cells, found {len(cells)}"
+                continue
+            try:
+                yield line, fast_device(cells, cols, extra)
+            except (ValueError, TypeError):
+                try:
+                    yield (
+                        line,
+                        {h: importer._csv_cell(h, c) for h, c in zip(header, cells, strict=True)},
+                    )
+                except ValueError as exc:
+                    yield line, str(exc)
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def parse(
@@ -119,8 +247,8 @@ def parse(
         head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
         encoding = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
         text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
-        rows: Iterator[tuple[int, dict[str, Any] | str]] = (
-            importer._rows_csv(text) if fmt == "csv" else importer._rows_jsonl(text)
+        rows: Iterator[tuple[int, dict[str, Any] | str | Device]] = (
+            _rows_csv_fast(text) if fmt == "csv" else importer._rows_jsonl(text)
         )
         line = 0
         try:
@@ -133,7 +261,7 @@ def parse(
                         problems.append(f"{name} line {line}: {item}")
                     continue
                 try:
-                    dev = to_device(item)
+                    dev = item if isinstance(item, Device) else to_device(item)
                 except (pydantic.ValidationError, ValueError, TypeError) as exc:
                     bad += 1
                     if len(problems) < MAX_PROBLEMS:
