@@ -12,6 +12,7 @@ The same HTML is rendered to PDF, so the CSS is print-first (A4, WeasyPrint).
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from html import escape
 
@@ -52,7 +53,7 @@ code { font-family: "DejaVu Sans Mono", monospace; font-size: 8.5pt; }
 table.fixed { table-layout: fixed; } td { overflow-wrap: anywhere; }
 .gantt td { padding-top: 0.6mm; padding-bottom: 0.6mm; }
 .nav a { margin-right: 2mm; }
-pre.devices { font-family: "DejaVu Sans Mono", monospace; font-size: 6.5pt; line-height: 1.25; white-space: pre-wrap; margin: 0; }
+pre.devices { font-family: "DejaVu Sans Mono", monospace; font-size: 6.5pt; line-height: 1.25; white-space: pre; margin: 0; }
 """
 
 
@@ -278,7 +279,7 @@ def _appendix(a: Assessment) -> str:
     ]
     # Each page is one preformatted block, not a table: WeasyPrint lays out a 250-row
     # table in seconds, a <pre> of the same rows in milliseconds (report rendering budget).
-    widths = (max([len(d) for d in order] + [6]), 12, 20, 18, 7)
+    widths = (max([len(d) for d in order] + [6]), 10, 16, 18, 7)
     head = "  ".join(
         h.ljust(w)
         for h, w in zip(
@@ -294,7 +295,11 @@ def _appendix(a: Assessment) -> str:
             cells = (did, dev.model or "", risk, dev.key_storage, dev.apn or "")
             row = "  ".join(str(c)[:w].ljust(w) for c, w in zip(cells, widths, strict=True))
             status = "FAIL  " if fails else "pass  "
-            lines.append(f"{row}  {status}  {', '.join(fails)}")
+            prefix = f"{row}  {status}  "
+            # wrap the failing checks under their column, not back at the margin
+            wrapped = textwrap.wrap(", ".join(fails), width=max(30, 126 - len(prefix))) or [""]
+            lines.append(prefix + wrapped[0])
+            lines.extend(" " * len(prefix) + w for w in wrapped[1:])
         out.append(
             f"<div class='{'page' if i else ''}' id='dev-page-{i + 1}'><h3>Devices, page {i + 1} of {len(pages)}</h3>"
             f"<pre class='devices'>{_e(chr(10).join(lines))}</pre></div>"
