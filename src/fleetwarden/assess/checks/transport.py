@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from fleetwarden.assess.checks import check
 from fleetwarden.assess.checks._util import device_checks, status
 from fleetwarden.assess.evidence import Evidence
-from fleetwarden.assess.evidence.types import Broker, Listener
+from fleetwarden.assess.evidence.types import Broker, Device, Listener
 from fleetwarden.assess.model import PASS, Result
 
 LOCAL = {"127.0.0.1", "::1", "localhost"}
@@ -188,10 +188,7 @@ def transport_websockets_plain(ev: Evidence) -> Iterator[Result]:
 def transport_public_apn_without_mtls(ev: Evidence) -> Iterator[Result]:
     open_listener = any(not mtls(lst) for _, lst in _listeners(ev))
 
-    def test(d: object) -> Result | None:
-        from fleetwarden.assess.evidence.types import Device
-
-        assert isinstance(d, Device)
+    def test(d: Device) -> Result | None:
         if d.apn != "public":
             return PASS(d.id) if d.apn == "private" else None
         return status(not open_listener, d.id, "public APN, broker without mTLS")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden.assess.engine import Assessment
-from fleetwarden.assess.errors import AssessError
+from fleetwarden.assess.errors import AssessError, EvidenceError
 from fleetwarden.assess.evidence import _io
 
 MAX_PREVIOUS = 2048 * 1024 * 1024
@@ -16,9 +16,7 @@ MAX_PREVIOUS = 2048 * 1024 * 1024
 def load_previous(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(_io.read_bytes(path, MAX_PREVIOUS))
-    except (OSError, ValueError) as exc:
-        raise AssessError(f"cannot read previous findings {path}: {exc}") from exc
-    except Exception as exc:  # EvidenceError and friends
+    except (OSError, ValueError, RecursionError, EvidenceError) as exc:
         raise AssessError(f"cannot read previous findings {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
         raise AssessError(f"{path} is not a fleetwarden findings.json")
