@@ -263,11 +263,12 @@ COLS = ["device_id", "model", "hardware_revision", "risk_class", "sector", "firm
 def test_fast_inventory_path_agrees_with_the_registry_schema(cells: list[str]) -> None:
     """The fast CSV path accepts exactly what the registry import accepts, with the same values."""
     from fleetwarden.assess.evidence import inventory
-    from fleetwarden.registry import importer
 
     cols, extra = inventory.plan_columns(COLS)
     try:
-        slow = inventory.to_device({h: importer._csv_cell(h, c) for h, c in zip(COLS, cells, strict=True)})
+        slow = inventory.to_device(
+            {h: inventory.cell_value(h, c) for h, c in zip(COLS, cells, strict=True)}
+        )
     except (ValueError, TypeError):
         slow = None
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -127,7 +128,8 @@ def fast_device(cells: list[str], cols: tuple[int, ...], extra: tuple[int, ...])
     v = [cells[i].strip() if i >= 0 else "" for i in cols]
     (did, model, hwrev, risk, sector, fwv, storage, apn, ip, fixed, cidrs_raw, vlan_raw,
      groups_raw, status, hash_, ports, debug, sboot, seen) = v  # fmt: skip
-    did = schemas._device_id(did)
+    if not schemas.ID_RE.fullmatch(did):
+        raise ValueError("device_id")
     if len(model) > 128 or len(hwrev) > 64 or len(fwv) > 64:
         raise ValueError("length")
     if sector:
@@ -159,7 +161,7 @@ def fast_device(cells: list[str], cols: tuple[int, ...], extra: tuple[int, ...])
         ip_fixed=_bool(fixed) if fixed else None,
         allowed_cidrs=tuple(schemas._cidr(c) for c in cidrs),
         vlan=vlan,
-        groups=tuple(schemas._name(g) for g in groups),
+        groups=tuple(_name(g) for g in groups),
         status=status.lower()[:16] if status else "active",
         password_hash=hash_[:512] if hash_ else None,
         open_ports=_ports(ports) if ports else None,
@@ -169,14 +171,58 @@ def fast_device(cells: list[str], cols: tuple[int, ...], extra: tuple[int, ...])
     )
 
 
+def _name(v: str) -> str:
+    if not schemas.NAME_RE.fullmatch(v):
+        raise ValueError("name")
+    return v
+
+
+def cell_value(column: str, value: str) -> Any:
+    """A CSV cell as the registry import reads it: lists split on ``;``, booleans, null."""
+    value = value.strip()
+    if value == "":
+        return None
+    if column in importer.LIST_COLUMNS:
+        return [p.strip() for p in value.split(";") if p.strip()] or None
+    if column in importer.BOOL_COLUMNS:
+        return _bool(value)
+    return value
+
+
+def _rows_jsonl(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | str | Device]]:
+    line_no = 0
+    while True:
+        line = text.readline(importer.MAX_LINE + 1)
+        if not line:
+            return
+        line_no += 1
+        if len(line) > importer.MAX_LINE and not line.endswith("\n"):
+            yield line_no, f"line longer than {importer.MAX_LINE} characters"
+            return
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield line_no, f"invalid JSON: {exc.msg} at column {exc.colno}"
+            continue
+        except RecursionError:
+            yield line_no, "invalid JSON: nested too deeply"
+            continue
+        if not isinstance(obj, dict):
+            yield line_no, "each line must be a JSON object"
+            continue
+        yield line_no, obj
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, pydantic.ValidationError):
-        return importer._describe(exc)
+        return "; ".join(schemas.explain(e) for e in exc.errors()[:3])
     return str(exc)[:200]
 
 
 def _rows_csv_fast(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | str | Device]]:
-    """Like ``importer._rows_csv`` but validating straight into :class:`Device`.
+    """Read CSV like the registry import, validating straight into :class:`Device`.
 
     A row the fast path refuses is handed on as the importer's dict, so the pydantic
     model produces the exact error message (and the same verdict).
@@ -220,7 +266,7 @@ def _rows_csv_fast(text: io.TextIOBase) -> Iterator[tuple[int, dict[str, Any] | 
                 try:
                     yield (
                         line,
-                        {h: importer._csv_cell(h, c) for h, c in zip(header, cells, strict=True)},
+                        {h: cell_value(h, c) for h, c in zip(header, cells, strict=True)},
                     )
                 except ValueError as exc:
                     yield line, str(exc)
@@ -248,7 +294,7 @@ def parse(
         encoding = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
         text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
         rows: Iterator[tuple[int, dict[str, Any] | str | Device]] = (
-            _rows_csv_fast(text) if fmt == "csv" else importer._rows_jsonl(text)
+            _rows_csv_fast(text) if fmt == "csv" else _rows_jsonl(text)
         )
         line = 0
         try:
