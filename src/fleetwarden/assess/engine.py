@@ -111,22 +111,34 @@ def _suppressions(ev: Evidence) -> tuple[list[Suppression], list[str]]:
     return out, notes
 
 
-def _run_one(check: Check, ev: Evidence) -> list[Result]:
+def _run_one(check: Check, ev: Evidence) -> tuple[list[Result], int]:
+    """The check's FAIL and MANUAL results, and how many resources passed.
+
+    PASS results are counted as they stream by, never stored: on a million-device fleet
+    most results are PASS.
+    """
     missing = [k for k in check.meta.needs if not ev.has(k)]
     if missing:
         why = [f"missing evidence: {', '.join(missing)}"]
         for k in missing:
             why += [f"{s.path}: {s.reason}" for s in ev.skipped_of(k)[:5]]
-        return [Result(Status.MANUAL, "evidence", "; ".join(why))]
+        return [Result(Status.MANUAL, "evidence", "; ".join(why))], 0
+    kept: list[Result] = []
+    passed = 0
+    ok = Status.PASS
     try:
-        results = check.run(ev)
-    except Exception as exc:
-        return [Result(Status.MANUAL, "check", f"check error: {type(exc).__name__}: {exc}")]
+        for r in check.fn(ev):
+            if r[0] is ok:
+                passed += 1
+            else:
+                kept.append(r)
+    except Exception as exc:  # one broken check must not end the audit
+        return [Result(Status.MANUAL, "check", f"check error: {type(exc).__name__}: {exc}")], 0
     # partially unreadable evidence: the unreadable files are resources to look at by hand
     for k in check.meta.needs:
         for s in ev.skipped_of(k)[:100]:
-            results.append(Result(Status.MANUAL, s.path, f"unreadable: {s.reason}"))
-    return results
+            kept.append(Result(Status.MANUAL, s.path, f"unreadable: {s.reason}"))
+    return kept, passed
 
 
 def _fleet_exposed(ev: Evidence) -> bool:
@@ -163,7 +175,7 @@ def assess(
     findings: list[Finding] = []
     for i, check in enumerate(checks):
         m = check.meta
-        rs = _run_one(check, ev)
+        rs, passed = _run_one(check, ev)
         f = Finding(
             check_id=m.id,
             title=m.title,
@@ -195,11 +207,8 @@ def assess(
                 f.manual.append(r.resource)
                 if len(f.details) < 40 and r.detail:
                     f.details.setdefault(r.resource, r.detail)
-            else:
-                f.passed += 1
-        # PASS results are only counted: a million devices x 80 checks would not fit
-        results[m.id] = [r for r in rs if r.status is not Status.PASS]
-        del rs
+        f.passed = passed
+        results[m.id] = rs
         f.status = "FAIL" if f.resources else ("MANUAL" if f.manual and not f.passed else "PASS")
         findings.append(f)
         if progress is not None:
