@@ -8,7 +8,7 @@ from fleetwarden.assess.checks import check
 from fleetwarden.assess.checks._util import device_checks, status
 from fleetwarden.assess.evidence import Evidence
 from fleetwarden.assess.evidence.types import Broker, Device, Listener
-from fleetwarden.assess.model import PASS, Result
+from fleetwarden.assess.model import Result
 
 LOCAL = {"127.0.0.1", "::1", "localhost"}
 
@@ -190,7 +190,7 @@ def transport_public_apn_without_mtls(ev: Evidence) -> Iterator[Result]:
 
     def test(d: Device) -> Result | None:
         if d.apn != "public":
-            return PASS(d.id) if d.apn == "private" else None
+            return status(True, d.id) if d.apn == "private" else None
         return status(not open_listener, d.id, "public APN, broker without mTLS")
 
     yield from device_checks(ev, test)
