@@ -172,3 +172,17 @@ def test_collect_reads_iptables_and_vlan_files(tmp_path: Path) -> None:
     ev = collect(root)
     assert ev.firewalls[0].kind == "iptables" and "vlans" not in ev.present
     assert ev.skipped[0].path == "network/vlans.csv"
+
+
+def test_firmware_verdict_follows_the_control_plane_verifier(
+    tmp_path: Path, bundles: dict[str, Path]
+) -> None:
+    """Trailing bytes after the TLVs: the minimal reader alone would accept the signature,
+    the firmware control's verifier refuses the image, and the assessment follows it."""
+    keys = {"k": firmware.read_key(bundles["clean"] / "firmware" / "keys" / "release.pub.pem")}
+    data = (bundles["clean"] / "firmware" / "em200-1.0.0.bin").read_bytes() + b"\0" * 16
+    assert firmware.parse_image(data, "a", keys).signature_valid is True
+    p = tmp_path / "a.bin"
+    p.write_bytes(data)
+    img = firmware.read_image(p, tmp_path, keys)
+    assert img.signature_valid is False and img.problem and "rejected" in img.problem

@@ -63,7 +63,8 @@ def firmware_signature_invalid(ev: Evidence) -> Iterator[Result]:
         elif img.signature_valid is None:
             yield MANUAL(img.path, "no trusted keys to verify against")
         else:
-            yield status(img.signature_valid, img.path, f"{img.signature_type} does not verify")
+            why = img.problem or f"{img.signature_type} does not verify"
+            yield status(img.signature_valid, img.path, why)
 
 
 def _products(ev: Evidence) -> dict[str, list[FirmwareImage]]:

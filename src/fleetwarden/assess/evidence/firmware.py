@@ -200,4 +200,32 @@ def read_key(path: Path) -> PublicKey:
 
 
 def read_image(path: Path, root: Path, keys: dict[str, PublicKey]) -> FirmwareImage:
-    return parse_image(_io.read_bytes(path, _io.LIMITS["firmware"]), _io.rel(root, path), keys)
+    img = parse_image(_io.read_bytes(path, _io.LIMITS["firmware"]), _io.rel(root, path), keys)
+    _control_plane_verdict(path, img, keys)
+    return img
+
+
+def _control_plane_verdict(path: Path, img: FirmwareImage, keys: dict[str, PublicKey]) -> None:
+    """Let the firmware control's verifier (C6, ``fleetwarden.firmware.image``) decide.
+
+    It is stricter than this reader (no trailing data, nothing but hash, key id and
+    signature in the unprotected TLVs: the CVE-2024-32883 pattern), so an image the
+    control plane would refuse is not reported as validly signed here. It knows ECDSA
+    P-256 and Ed25519; RSA-signed images keep this reader's verdict.
+    """
+    from fleetwarden.firmware.errors import ImageRejectedError
+    from fleetwarden.firmware.image import verify_image
+
+    cp_keys = [
+        k
+        for k in keys.values()
+        if isinstance(k, ed25519.Ed25519PublicKey)
+        or (isinstance(k, ec.EllipticCurvePublicKey) and k.curve.name == "secp256r1")
+    ]
+    if not img.signed or not cp_keys or img.signature_type not in {"ecdsa", "ed25519"}:
+        return
+    try:
+        verify_image(path, cp_keys, max_size=_io.LIMITS["firmware"])
+    except ImageRejectedError as exc:
+        img.signature_valid = False
+        img.problem = str(exc)[:300]
