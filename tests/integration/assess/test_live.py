@@ -51,3 +51,36 @@ def test_live_combines_with_a_bundle(registry: Registry, tmp_path: Path) -> None
     ev = collect_live(registry, collect(root))
     assert set(ev.devices) == {"m1", "m2", "m3", "b1"}
     assert ev.devices["m1"].apn == "private"  # the bundle row wins
+
+
+def test_live_reads_firmware_releases(registry: Registry) -> None:
+    """Releases of the firmware control: rollback across versions is checked, content
+    scans are MANUAL (no bytes), never PASS."""
+    from fleetwarden.firmware.models import FirmwareProduct, FirmwareRelease
+
+    with registry.session() as s:
+        p = FirmwareProduct(name="em200")
+        s.add(p)
+        s.flush()
+        for version, counter in (("1.0.0", 5), ("1.1.0", 3)):
+            major, minor, rev = (int(x) for x in version.split("."))
+            s.add(
+                FirmwareRelease(
+                    product_id=p.id, version=version, v_major=major, v_minor=minor, v_revision=rev,
+                    v_build=0, security_counter=counter, size=100, sha256="0" * 64, digest="0" * 64,
+                    key_id="ab" * 32, target_name=f"em200-{version}.bin",
+                )
+            )  # fmt: skip
+    ev = collect_live(registry, Evidence(root="registry"))
+    assert any("2 firmware releases" in n for n in ev.notes)
+    by = {f.check_id: f for f in assess(ev).findings}
+    assert by["firmware_rollback_possible"].resources == ["registry:firmware/em200/1.1.0"]
+    assert by["firmware_image_unsigned"].status == "PASS"
+    assert by["firmware_signature_invalid"].status == "PASS"
+    for cid in (
+        "firmware_embedded_private_key",
+        "firmware_hardcoded_credentials",
+        "firmware_debug_services",
+        "components_sbom_missing",
+    ):
+        assert by[cid].status == "MANUAL", cid

@@ -10,7 +10,7 @@ from fleetwarden.assess.checks._util import status
 from fleetwarden.assess.evidence import Evidence
 from fleetwarden.assess.evidence.components import affects
 from fleetwarden.assess.evidence.types import OsvRecord
-from fleetwarden.assess.model import Result
+from fleetwarden.assess.model import MANUAL, Result
 
 
 @check(
@@ -64,4 +64,8 @@ def components_sbom_missing(ev: Evidence) -> Iterator[Result]:
     }
     for img in ev.firmware:
         stem = PurePosixPath(img.path).name.rsplit(".", 1)[0]
-        yield status(stem in names or img.product in names, img.path, "no SBOM for this image")
+        found = stem in names or img.product in names or f"{img.product}-{stem}" in names
+        if not found and not img.scanned and not ev.has("sbom"):
+            yield MANUAL(img.path, "registry release; no sbom/ in the evidence")
+            continue
+        yield status(found, img.path, "no SBOM for this image")

@@ -1,10 +1,10 @@
 """Evidence from the running registry (``--live``).
 
-Reads what the registry holds today: devices (with their groups and the assessment
-columns kept as attributes by the import). Tables that other controls add later
-(certificates, firmware releases) are looked up by name; when absent, the kinds stay
-out of ``Evidence.present`` so the checks that need them report MANUAL, and a note says
-which tables were missing.
+Reads what the registry holds today: devices (with the assessment columns kept as
+attributes by the import) and, when the firmware control is installed, its releases.
+Tables that other controls add later (certificates) are looked up by name; when
+absent, the kinds stay out of ``Evidence.present`` so the checks that need them report
+MANUAL, and a note says which tables were missing.
 """
 
 from __future__ import annotations
@@ -15,11 +15,52 @@ from sqlalchemy import inspect, select
 
 from fleetwarden.assess.evidence import Evidence
 from fleetwarden.assess.evidence.inventory import to_device
+from fleetwarden.assess.evidence.types import FirmwareImage
 from fleetwarden.registry import Registry
 from fleetwarden.registry.models import Device as DeviceRow
 
 #: tables later controls add, and the evidence kind each would feed
 FUTURE_TABLES = {"certificates": "certs", "firmware_releases": "firmware"}
+
+
+def _firmware_releases(reg: Registry, ev: Evidence) -> int:
+    """Releases of the firmware control (C6) as firmware evidence.
+
+    Each release was verified against the trusted keys when it was uploaded, so it is
+    signed and valid; its bytes are not read here, so the content scans report MANUAL
+    for it (``scanned`` False), never PASS.
+    """
+    from fleetwarden.firmware.models import FirmwareProduct, FirmwareRelease
+
+    n = 0
+    with reg.session() as s:
+        rows = s.execute(
+            select(FirmwareProduct.name, FirmwareRelease).join(
+                FirmwareRelease, FirmwareRelease.product_id == FirmwareProduct.id
+            )
+        )
+        for product, rel in rows:
+            ev.firmware.append(
+                FirmwareImage(
+                    path=f"registry:firmware/{product}/{rel.version}",
+                    size=rel.size,
+                    sha256=rel.sha256,
+                    format="mcuboot",
+                    product=product,
+                    version=(rel.v_major, rel.v_minor, rel.v_revision, rel.v_build),
+                    security_counter=rel.security_counter,
+                    hash_ok=True,
+                    signature_type="verified at upload",
+                    signed=True,
+                    signature_valid=True,
+                    signer=rel.key_id,
+                    scanned=False,
+                )
+            )
+            n += 1
+    if n:
+        ev.present.update({"firmware", "firmware_keys"})
+    return n
 
 
 def collect_live(reg: Registry, ev: Evidence) -> Evidence:
@@ -63,6 +104,10 @@ def collect_live(reg: Registry, ev: Evidence) -> Evidence:
                 ev.inventory_bad_rows += 1
     ev.present.add("inventory")
     ev.notes.append(f"live: {n} devices read from the registry")
+    if "firmware_releases" in tables:
+        ev.notes.append(
+            f"live: {_firmware_releases(reg, ev)} firmware releases read from the registry"
+        )
     for table, kind in FUTURE_TABLES.items():
         if table not in tables and kind not in ev.present:
             ev.notes.append(

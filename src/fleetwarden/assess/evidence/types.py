@@ -150,6 +150,8 @@ class FirmwareImage:
     credentials: list[str] = field(default_factory=list)
     services: list[str] = field(default_factory=list)
     problem: str | None = None
+    #: False for releases read from the registry (``--live``): no bytes were scanned
+    scanned: bool = True
 
     @property
     def version_text(self) -> str:
