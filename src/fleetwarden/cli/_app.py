@@ -14,6 +14,7 @@ from fleetwarden._internal.files import atomic_write, ensure_private_dir
 from fleetwarden.cli import (
     agent,
     alerts,
+    assess,
     auditlog,
     detect,
     device,
@@ -22,7 +23,6 @@ from fleetwarden.cli import (
     identity,
     token,
 )
-from fleetwarden.cli import alerts, assess, auditlog, detect, device, firmware, group, token
 from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import Role, TokenCreate
