@@ -31,7 +31,7 @@ def test_live_reads_registry_devices(registry: Registry) -> None:
     assert (
         ev.devices["m1"].password_hash == "$7$same" and ev.devices["m1"].debug_ports_enabled is True
     )
-    assert any("no certificates table" in n for n in ev.notes)
+    assert any("0 device certificates read" in n for n in ev.notes)
     a = assess(ev)
     by = {f.check_id: f for f in a.findings}
     assert by["identity_shared_password_hash"].resources == ["m1", "m2"]
@@ -84,3 +84,61 @@ def test_live_reads_firmware_releases(registry: Registry) -> None:
         "components_sbom_missing",
     ):
         assert by[cid].status == "MANUAL", cid
+
+
+def _cert(cn: str, serial: int, key: object, ca_key: object) -> bytes:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    c = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fleet CA")]))
+        .public_key(key.public_key())  # type: ignore[attr-defined]
+        .serial_number(serial)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=90))
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return c.public_bytes(serialization.Encoding.DER)
+
+
+def test_live_reads_identity_certificates(registry: Registry) -> None:
+    """Device certificates of the identity control: shared keys and revoked-but-active found."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fleetwarden.identity.models import IssuedCertificate
+
+    _fill(registry)
+    ca = ec.generate_private_key(ec.SECP256R1())
+    shared = ec.generate_private_key(ec.SECP256R1())
+    own = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    rows = [
+        ("m1", 11, shared, "active"),
+        ("m2", 12, shared, "active"),
+        ("m3", 13, own, "revoked"),
+        ("m3", 14, own, "superseded"),
+    ]
+    with registry.session() as s:
+        for cn, serial, key, status in rows:
+            s.add(
+                IssuedCertificate(
+                    serial=f"{serial:x}", kind="device", device_id=cn, subject=f"CN={cn}",
+                    fingerprint_sha256=f"{serial:064x}", public_key_sha256="0" * 64, key_type="ec",
+                    not_before=now - timedelta(days=1), not_after=now + timedelta(days=90), status=status,
+                    issued_via="est", der=_cert(cn, serial, key, ca),
+                )
+            )  # fmt: skip
+    ev = collect_live(registry, Evidence(root="registry"))
+    assert any("3 device certificates read" in n for n in ev.notes)
+    by = {f.check_id: f for f in assess(ev).findings}
+    assert by["identity_private_key_shared"].resources == ["m1", "m2"]
+    assert by["identity_revoked_cert_still_active"].resources == ["m3"]
+    assert by["identity_device_without_certificate"].status == "PASS"

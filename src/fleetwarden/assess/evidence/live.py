@@ -1,8 +1,8 @@
 """Evidence from the running registry (``--live``).
 
 Reads what the registry holds today: devices (with the assessment columns kept as
-attributes by the import) and, when the firmware control is installed, its releases.
-Tables that other controls add later (certificates) are looked up by name; when
+attributes by the import), the identity control's device certificates and the firmware
+control's releases. Tables are looked up by name; when
 absent, the kinds stay out of ``Evidence.present`` so the checks that need them report
 MANUAL, and a note says which tables were missing.
 """
@@ -13,14 +13,59 @@ from typing import Any
 
 from sqlalchemy import inspect, select
 
-from fleetwarden.assess.evidence import Evidence
+from fleetwarden.assess.errors import EvidenceError
+from fleetwarden.assess.evidence import Evidence, Skipped, pki
 from fleetwarden.assess.evidence.inventory import to_device
-from fleetwarden.assess.evidence.types import FirmwareImage
+from fleetwarden.assess.evidence.types import CrlInfo, FirmwareImage
 from fleetwarden.registry import Registry
 from fleetwarden.registry.models import Device as DeviceRow
 
 #: tables later controls add, and the evidence kind each would feed
-FUTURE_TABLES = {"certificates": "certs", "firmware_releases": "firmware"}
+FUTURE_TABLES = {"identity_certificates": "certs", "firmware_releases": "firmware"}
+
+
+def _certificates(reg: Registry, ev: Evidence) -> int:
+    """Device certificates of the identity control (C1), from their stored DER.
+
+    Active and revoked certificates are evidence (a revoked one whose device is still
+    active is a finding); superseded ones were rotated away and are left out. Revocations
+    become one CRL-like record per issuer, so the revocation checks see them.
+    """
+    from fleetwarden.identity.models import IssuedCertificate
+
+    revoked: dict[str, set[int]] = {}
+    n = 0
+    with reg.session() as s:
+        q = (
+            select(IssuedCertificate)
+            .where(IssuedCertificate.kind == "device")
+            .where(IssuedCertificate.status.in_(("active", "revoked")))
+            .execution_options(yield_per=2000)
+        )
+        for row in s.execute(q).scalars():
+            where = f"registry:certificates/{row.serial}"
+            try:
+                info = pki.parse_certs(bytes(row.der), where)[0]
+            except EvidenceError as exc:
+                ev.skipped.append(Skipped(where, "certs", str(exc)))
+                continue
+            ev.certs.append(info)
+            n += 1
+            if row.status == "revoked":
+                revoked.setdefault(info.issuer, set()).add(info.serial)
+    for issuer, serials in revoked.items():
+        ev.crls.append(
+            CrlInfo(
+                path="registry:revocations",
+                issuer=issuer,
+                last_update=ev.now,
+                next_update=None,
+                revoked=frozenset(serials),
+            )
+        )
+    if n:
+        ev.present.update({"certs", "crls"})
+    return n
 
 
 def _firmware_releases(reg: Registry, ev: Evidence) -> int:
@@ -104,6 +149,10 @@ def collect_live(reg: Registry, ev: Evidence) -> Evidence:
                 ev.inventory_bad_rows += 1
     ev.present.add("inventory")
     ev.notes.append(f"live: {n} devices read from the registry")
+    if "identity_certificates" in tables:
+        ev.notes.append(
+            f"live: {_certificates(reg, ev)} device certificates read from the registry"
+        )
     if "firmware_releases" in tables:
         ev.notes.append(
             f"live: {_firmware_releases(reg, ev)} firmware releases read from the registry"
