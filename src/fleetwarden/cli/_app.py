@@ -14,6 +14,7 @@ from fleetwarden._internal.files import atomic_write, ensure_private_dir
 from fleetwarden.cli import (
     agent,
     alerts,
+    assess,
     auditlog,
     detect,
     device,
@@ -43,6 +44,7 @@ app.add_typer(firmware.app, name="firmware")
 app.add_typer(identity.ca_app, name="ca")
 identity.add_device_commands(device.app)
 app.add_typer(agent.app, name="agent")
+app.command(name="assess")(assess.command)
 
 
 @app.callback()
