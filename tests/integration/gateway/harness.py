@@ -1,0 +1,143 @@
+"""Run the real gateway component (Mosquitto + plugin + monitor) in a background loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from fleetwarden.api import create_app
+from fleetwarden.events import Event, InProcessBus
+from fleetwarden.gateway import Gateway
+from fleetwarden.gateway.testpki import Issued, ScratchPKI
+from fleetwarden.registry import Registry
+from fleetwarden.registry.service import Actor
+from fleetwarden.registry import schemas
+from fleetwarden.service import Context, OutboxRelay
+from fleetwarden.settings import load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Harness:
+    def __init__(self, tmp: Path, pki: ScratchPKI, **gateway: Any) -> None:
+        self.tmp = tmp
+        self.pki = pki
+        self.server = pki.server("localhost")
+        self.port = free_port()
+        gw = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "ca_file": str(pki.chain_path),
+            "cert_file": str(self.server.cert_path),
+            "key_file": str(self.server.key_path),
+            "metrics_flush_ms": 200,
+            "policy_refresh_s": 0.5,
+            **gateway,
+        }
+        self.settings = load_settings(tmp / "data", gateway=gw)
+        (tmp / "data").mkdir(exist_ok=True)
+        self.registry = Registry.open(self.settings.effective_database_url)
+        self.events: list[Event] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway = Gateway()
+        self.relay = OutboxRelay(interval=0.05)
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> Harness:
+        async def _start() -> None:
+            self.bus = InProcessBus()
+
+            async def collect(e: Event) -> None:
+                self.events.append(e)
+
+            self.bus.subscribe("test-collector", collect)
+            await self.bus.start()
+            self.ctx = Context(
+                settings=self.settings,
+                registry=self.registry,
+                bus=self.bus,
+                app=create_app(self.settings, self.registry),
+            )
+            await self.relay.start(self.ctx)
+            await self.gateway.start(self.ctx)
+
+        self.run(_start())
+        return self
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            await self.gateway.stop()
+            await self.relay.stop()
+            await self.bus.close()
+
+        try:
+            self.run(_stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.registry.close()
+
+    # ------------------------------------------------------------------ helpers
+    def add_device(self, device_id: str, **fields: Any) -> Issued:
+        self.registry.add_device(
+            schemas.DeviceCreate(device_id=device_id, **fields), Actor("cli:test")
+        )
+        return self.pki.device(device_id)
+
+    def add_group(self, name: str, members: list[str], **fields: Any) -> None:
+        actor = Actor("cli:test")
+        self.registry.create_group(schemas.GroupCreate(name=name, **fields), actor)
+        for m in members:
+            self.registry.set_membership(name, m, True, actor)
+
+    def reload(self) -> None:
+        self.run(self.gateway.reload_policy())
+
+    def wait_for(self, pred: Callable[[Event], bool], timeout: float = 10) -> Event:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in list(self.events):
+                if pred(e):
+                    return e
+            time.sleep(0.05)
+        raise AssertionError(
+            "event not seen; got: " + "\n".join(e.message for e in self.events[-30:])
+        )
+
+    def pub(
+        self,
+        cert: Issued | None,
+        topic: str,
+        *,
+        client_id: str | None = None,
+        message: str = "hello",
+        bind: str | None = None,
+        extra: tuple[str, ...] = (),
+        cafile: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        args = [
+            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port),
+            "--cafile", str(cafile or self.pki.chain_path), "-t", topic, "-m", message,
+        ]
+        if cert is not None:
+            args += ["--cert", str(cert.cert_path), "--key", str(cert.key_path)]
+            args += ["-i", client_id or cert.cert.subject.rfc4514_string().removeprefix("CN=")]
+        elif client_id:
+            args += ["-i", client_id]
+        if bind:
+            args += ["-A", bind]
+        return subprocess.run([*args, *extra], capture_output=True, text=True, timeout=20)
