@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from fleetwarden.gateway.errors import BrokerMissingError, GatewayError
 log = logging.getLogger(__name__)
 
 _NEW_CONN = re.compile(r"^New connection from (\S+?):(\d+) on port (\d+)\.")
+_CONN_FAIL = re.compile(r"^Client connection from (\S+) failed: (?:error:[0-9A-Fa-f]+:[^:]*:[^:]*:)?(.*)$")
 _SSL_ERR = re.compile(r"^OpenSSL Error\[\d+\]: error:[0-9A-Fa-f]+:[^:]*:[^:]*:(.*)$")
 
 
@@ -56,6 +58,7 @@ class BrokerSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._started = asyncio.Event()
+        self._stdbuf = shutil.which("stdbuf")
 
     @property
     def pid(self) -> int | None:
@@ -78,7 +81,11 @@ class BrokerSupervisor:
         delay = 0.5
         while not self._stopping:
             began = time.monotonic()
+            # Mosquitto's stdout is block-buffered on a pipe; stdbuf makes it line
+            # buffered so TLS failures are reported as they happen.
+            prefix = [self._stdbuf, "-oL"] if self._stdbuf else []
             self.proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 str(self.binary),
                 "-c",
                 str(self.conf),
@@ -110,6 +117,13 @@ class BrokerSupervisor:
             m = _NEW_CONN.match(line)
             if m:
                 last_addr = m.group(1)
+                continue
+            m = _CONN_FAIL.match(line)
+            if m and self.on_tls_failure is not None:
+                try:
+                    self.on_tls_failure(m.group(1), m.group(2).strip().rstrip("."))
+                except Exception:
+                    log.exception("TLS failure handler failed")
                 continue
             m = _SSL_ERR.match(line)
             if m and self.on_tls_failure is not None:

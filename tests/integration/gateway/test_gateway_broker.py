@@ -84,10 +84,16 @@ def test_bad_certificates_refused(harness: Harness, other_pki: ScratchPKI) -> No
     assert h.pub(None, "devices/dev1/t", client_id="dev1").returncode != 0
     assert h.pub(expired, "devices/dev1/t").returncode != 0
     assert h.pub(foreign, "devices/dev1/t").returncode != 0
-    _auth_fail(h, src_ip="127.0.0.1", kind="tls_failure")
-    msgs = [e.message for e in h.events if e.status_id == Status.FAILURE]
-    assert any("did not return a certificate" in m for m in msgs)
-    assert sum("certificate verify failed" in m for m in msgs) >= 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        msgs = [e.message for e in h.events if e.status_id == Status.FAILURE]
+        if sum("certificate verify failed" in m for m in msgs) >= 2:
+            break
+        time.sleep(0.1)
+    assert any("did not return a certificate" in m for m in msgs), msgs
+    assert sum("certificate verify failed" in m for m in msgs) >= 2, msgs
+    e = _auth_fail(h, src_ip="127.0.0.1", kind="tls_failure")
+    assert e.device_uid is None  # a failed handshake is attributed to its source address
 
 
 @pytest.mark.gateway_settings(crl_file="crl.der")
@@ -203,18 +209,27 @@ def test_oversized_and_malformed_input(harness: Harness) -> None:
     assert big.connected.wait(10)
     big.client.publish("devices/dev1/blob", b"x" * 10_000, qos=1)
     assert big.disconnected.wait(10)  # broker drops the oversize packet's sender
+    big.close()
+    h.wait_for(lambda e: e.device_uid == "dev1" and "disconnected" in e.message)
     # Malformed MQTT over a valid TLS session, then raw garbage on the TLS port.
     ctx = ssl.create_default_context(cafile=str(h.pki.chain_path))
     ctx.load_cert_chain(str(c1.cert_path), str(c1.key_path))
     with socket.create_connection(("127.0.0.1", h.port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"\x10\xff\xff\xff\xff\x7f garbage")
-            assert tls.recv(10) == b""
+            try:
+                assert tls.recv(10) == b""  # the broker closes the malformed session
+            except ConnectionResetError:
+                pass
     with socket.create_connection(("127.0.0.1", h.port), timeout=5) as raw:
         raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
         raw.settimeout(5)
-        assert raw.recv(100) in (b"",) or True
-    _auth_fail(h, kind="tls_failure")
+        try:
+            raw.recv(100)
+        except ConnectionResetError:
+            pass
+    e = _auth_fail(h, kind="tls_failure")
+    assert "http request" in e.message
     time.sleep(0.3)
     assert bystander.client.is_connected()
     assert h.pub(c1, "devices/dev1/t").returncode == 0
@@ -255,17 +270,17 @@ def test_connection_flood(harness: Harness) -> None:
 def test_metrics_per_device(harness: Harness) -> None:
     h = harness
     c1, c2 = h.add_device("dev1"), h.add_device("dev2")
+    h.add_group("cell", ["dev1", "dev2"])
     h.reload()
     d2 = Device(h, c2)
     assert d2.connected.wait(10)
-    d2.client.subscribe("devices/dev2/#", qos=0)
+    d2.client.subscribe("groups/cell/#", qos=0)
     d1 = Device(h, c1, bind="127.0.0.4")
     assert d1.connected.wait(10)
     for i in range(25):
         d1.client.publish("devices/dev1/telemetry", b"0123456789", qos=0)
     d1.client.publish("devices/dev2/x", b"no", qos=0)  # authorization failure
-    time.sleep(0.3)
-    h.pub(c2, "devices/dev2/echo", message="abc")
+    d1.client.publish("groups/cell/news", b"abc", qos=0)
     time.sleep(1.0)
     d1.close()
     time.sleep(1.0)
@@ -273,7 +288,7 @@ def test_metrics_per_device(harness: Harness) -> None:
     rec = h.wait_for(
         lambda e: e.class_uid == EventClass.NETWORK_ACTIVITY and e.device_uid == "dev1"
     ).data["unmapped"]["fleetwarden_metrics"]
-    assert rec["messages_sent"] == 25 and rec["bytes_sent"] == 250
+    assert rec["messages_sent"] == 26 and rec["bytes_sent"] == 253
     assert rec["authorization_failures"] == 1 and rec["connections"] == 1
     assert rec["disconnects"] == 1 and rec["source_addresses"] == ["127.0.0.4"]
     assert "devices/dev1/telemetry" in rec["topics"] and "devices/dev2/x" in rec["topics"]
