@@ -278,7 +278,7 @@ class Gateway:
             protocol=mqtt.MQTTv311,
         )
         client.username_pw_set(PLATFORM_USER, self._password)
-        client.reconnect_delay_set(0.1, 2)
+        client.reconnect_delay_set(1, 2)
         client.max_queued_messages_set(10_000)
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -289,7 +289,7 @@ class Gateway:
                 c.publish(CONTROL_TOPIC, b"reload", qos=1)
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            self._loop.call_soon_threadsafe(self._enqueue, msg.topic, msg.payload)
+            self._loop.call_soon_threadsafe(self._enqueue, msg.topic, bytes(msg.payload))
 
         client.on_connect = on_connect
         client.on_message = on_message
@@ -523,4 +523,3 @@ def _s(v: Any) -> str | None:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("gateway: TLS refusal not recorded: %s", task.exception())
-

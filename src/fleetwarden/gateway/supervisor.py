@@ -26,7 +26,9 @@ from fleetwarden.gateway.errors import BrokerMissingError, GatewayError
 log = logging.getLogger(__name__)
 
 _NEW_CONN = re.compile(r"^New connection from (\S+?):(\d+) on port (\d+)\.")
-_CONN_FAIL = re.compile(r"^Client connection from (\S+) failed: (?:error:[0-9A-Fa-f]+:[^:]*:[^:]*:)?(.*)$")
+_CONN_FAIL = re.compile(
+    r"^Client connection from (\S+) failed: (?:error:[0-9A-Fa-f]+:[^:]*:[^:]*:)?(.*)$"
+)
 _SSL_ERR = re.compile(r"^OpenSSL Error\[\d+\]: error:[0-9A-Fa-f]+:[^:]*:[^:]*:(.*)$")
 
 

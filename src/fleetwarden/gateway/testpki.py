@@ -130,7 +130,10 @@ class ScratchPKI:
             )
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName(cn), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+                    [
+                        x509.DNSName(cn),
+                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
+                    ]
                     if server
                     else [x509.UniformResourceIdentifier(f"urn:fleetwarden:device:{cn}")]
                 ),

@@ -50,7 +50,9 @@ def harness(tmp_path: Path, pki: ScratchPKI, request: pytest.FixtureRequest) -> 
 class Device:
     """A paho-mqtt device session (MQTT 5, so refusals come back as reason codes)."""
 
-    def __init__(self, h: Harness, cert: Issued, *, client_id: str | None = None, bind: str = "") -> None:
+    def __init__(
+        self, h: Harness, cert: Issued, *, client_id: str | None = None, bind: str = ""
+    ) -> None:
         self.cert = cert
         cid = client_id or cert.cert.subject.rfc4514_string().removeprefix("CN=")
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)

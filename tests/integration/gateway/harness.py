@@ -15,9 +15,8 @@ from fleetwarden.api import create_app
 from fleetwarden.events import Event, InProcessBus
 from fleetwarden.gateway import Gateway
 from fleetwarden.gateway.testpki import Issued, ScratchPKI
-from fleetwarden.registry import Registry
+from fleetwarden.registry import Registry, schemas
 from fleetwarden.registry.service import Actor
-from fleetwarden.registry import schemas
 from fleetwarden.service import Context, OutboxRelay
 from fleetwarden.settings import load_settings
 
@@ -130,8 +129,17 @@ class Harness:
         cafile: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         args = [
-            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port),
-            "--cafile", str(cafile or self.pki.chain_path), "-t", topic, "-m", message,
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--cafile",
+            str(cafile or self.pki.chain_path),
+            "-t",
+            topic,
+            "-m",
+            message,
         ]
         if cert is not None:
             args += ["--cert", str(cert.cert_path), "--key", str(cert.key_path)]
