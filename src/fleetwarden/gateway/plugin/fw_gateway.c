@@ -114,6 +114,9 @@ static int allow_unknown;
 static int metrics_interval_ms = 1000;
 static int max_connects_per_addr = 0; /* per 10 s window; 0 = unlimited */
 static struct timespec last_flush;
+/* Metrics are held back until the platform monitor has subscribed, so a broker
+ * restart (monitor reconnecting) loses no counts. */
+static const struct mosquitto *monitor_client;
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -558,6 +561,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event; (void)userdata;
 	if(!user) return MOSQ_ERR_ACL_DENIED;
 	if(!strcmp(user, PLATFORM_USER) && mosquitto_client_id(ed->client)){
+		if(ed->access == MOSQ_ACL_SUBSCRIBE && ed->topic && !strcmp(ed->topic, "fleetwarden/_gw/#")){
+			monitor_client = ed->client;
+		}
 		return MOSQ_ERR_SUCCESS;
 	}
 	d = dev_get(user, 0);
@@ -591,6 +597,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	struct dev *d;
 	char reason[16];
 	(void)event; (void)userdata;
+	if(ed->client == monitor_client) monitor_client = NULL;
 	if(!user) return MOSQ_ERR_SUCCESS;
 	d = dev_get(user, 0);
 	if(!d || d->client != ed->client) return MOSQ_ERR_SUCCESS; /* refused or superseded */
@@ -708,7 +715,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event; (void)event_data; (void)userdata;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	elapsed_ms = (now.tv_sec - last_flush.tv_sec) * 1000 + (now.tv_nsec - last_flush.tv_nsec) / 1000000;
-	if(elapsed_ms >= metrics_interval_ms){
+	if(elapsed_ms >= metrics_interval_ms && monitor_client){
 		last_flush = now;
 		flush_metrics();
 		if(HASH_COUNT(rates) > 10000){ /* bound memory under a flood of addresses */
