@@ -6,9 +6,9 @@ import random
 import time
 
 import pytest
-from conftest import needs_broker
 from harness import Harness
 
+from conftest import needs_broker
 from fleetwarden.events import EventClass
 from fleetwarden.gateway.agent import AgentConfig, TelemetryAgent, backoff_delays
 
@@ -28,8 +28,14 @@ def test_agent_publishes_and_reconnects_after_broker_restart(harness: Harness) -
     h.reload()
     agent = TelemetryAgent(
         AgentConfig(
-            device_id="meter-1", host="localhost", port=h.port, ca_file=h.pki.chain_path,
-            cert_file=cert.cert_path, key_file=cert.key_path, backoff_base_s=0.2, backoff_cap_s=1.0,
+            device_id="meter-1",
+            host="localhost",
+            port=h.port,
+            ca_file=h.pki.chain_path,
+            cert_file=cert.cert_path,
+            key_file=cert.key_path,
+            backoff_base_s=0.2,
+            backoff_cap_s=1.0,
         )
     )
     agent.start()
