@@ -53,7 +53,7 @@ def render_config(
         "set_tcp_nodelay true",
         f"max_packet_size {gs.max_packet_size}",
         "max_inflight_messages 100",
-        "max_queued_messages 1000",
+        f"max_queued_messages {gs.max_queued_messages}",
         "log_dest stdout",
         "log_type error",
         "log_type warning",

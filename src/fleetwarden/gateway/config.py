@@ -36,6 +36,9 @@ class GatewaySettings(BaseModel):
     cert_file: Path = Path("gateway/server.pem")
     key_file: Path = Path("gateway/server.key")
     max_packet_size: int = Field(default=256 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_queued_messages: int = Field(
+        default=1000, ge=10, description="per-client queue before QoS0 messages are dropped"
+    )
     max_connections: int = Field(default=50_000, ge=1)
     max_connects_per_addr: int = Field(
         default=300, ge=0, description="connection attempts per source address per 10 s; 0 = off"
