@@ -154,7 +154,7 @@ def bench_throughput(h: Harness, fleet: Fleet, messages: int) -> dict[str, float
     sub = subprocess.Popen(
         ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(h.gateway.platform_port), "-u", "$platform",
          "-P", pw, "-t", "devices/#", "-i", "bare-sub"],
-        stdout=subprocess.PIPE,
+        stdout=(h.tmp / "bare.out").open("wb"),
     )
     time.sleep(0.5)
     base = h.gateway.metrics.totals["messages_sent"] if h.gateway.metrics else 0
@@ -173,7 +173,8 @@ def bench_throughput(h: Harness, fleet: Fleet, messages: int) -> dict[str, float
     elapsed = time.monotonic() - t0
     time.sleep(1.5)  # last plugin flush and the subscriber's tail
     sub.terminate()
-    received = sub.stdout.read().count(b"\n") if sub.stdout else 0
+    sub.wait()
+    received = (h.tmp / "bare.out").read_bytes().count(b"\n")
     accounted = (h.gateway.metrics.totals["messages_sent"] if h.gateway.metrics else 0) - base
     return {
         "sent": per * n, "elapsed": elapsed, "accounted": accounted, "bare": received,
