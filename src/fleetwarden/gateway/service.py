@@ -181,7 +181,7 @@ class Gateway:
         ctx.bus.subscribe(
             "gateway-revocation",
             self._on_device_change,
-            classes=[EventClass.DEVICE_CONFIG_STATE_CHANGE],
+            classes=[EventClass.DEVICE_CONFIG_STATE_CHANGE, EventClass.API_ACTIVITY],
         )
         host = gs.host if gs.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         ctx.urls["MQTT (mTLS)"] = f"mqtts://{host}:{self.port}"
@@ -222,6 +222,14 @@ class Gateway:
             self._policy_dirty.set()
 
     async def _on_device_change(self, event: Event) -> None:
+        if event.class_uid == EventClass.API_ACTIVITY:
+            # Registry edits (device/group add, update, import, membership) change the
+            # policy: recompile now rather than at the next periodic refresh.
+            api = event.data.get("api")
+            op = api.get("operation") if isinstance(api, dict) else None
+            if isinstance(op, str) and op.startswith(("device.", "group.")):
+                self._policy_dirty.set()
+            return
         unmapped = event.data.get("unmapped")
         changes = unmapped.get("changes") if isinstance(unmapped, dict) else None
         cert = changes.get("certificate") if isinstance(changes, dict) else None

@@ -38,6 +38,7 @@
 #include <time.h>
 
 #include <openssl/bn.h>
+#include <openssl/crypto.h>
 #include <openssl/x509.h>
 #include <uthash.h>
 
@@ -118,6 +119,19 @@ static struct timespec last_flush;
  * restart (monitor reconnecting) loses no counts. */
 static const struct mosquitto *monitor_client;
 
+/* Events wait here until the next tick (batched) and while no monitor is subscribed
+ * (broker just restarted); bounded: beyond the bound the oldest are kept and the rest
+ * counted as dropped. */
+#define MAX_PENDING_EVENTS 100000
+struct pending {
+	struct pending *next;
+	size_t len;
+	char data[];
+};
+static struct pending *pending_head, *pending_tail;
+static int pending_count;
+static unsigned long pending_dropped;
+
 /* ------------------------------------------------------------------ helpers */
 
 static void sb_json_str(char *buf, size_t cap, size_t *len, const char *s)
@@ -171,8 +185,47 @@ static void emit_event(const char *kind, const char *device, const char *client_
 	if(serial && serial[0]){ sb_raw(buf, sizeof(buf), &len, ",\"serial\":"); sb_json_str(buf, sizeof(buf), &len, serial); }
 	if(reason){ sb_raw(buf, sizeof(buf), &len, ",\"reason\":"); sb_json_str(buf, sizeof(buf), &len, reason); }
 	if(detail){ sb_raw(buf, sizeof(buf), &len, ",\"detail\":"); sb_json_str(buf, sizeof(buf), &len, detail); }
-	sb_raw(buf, sizeof(buf), &len, "}");
-	mosquitto_broker_publish_copy(NULL, EVENTS_TOPIC, (int)len, buf, 1, false, NULL);
+	sb_raw(buf, sizeof(buf), &len, "}\n");
+	/* Always queued and sent in batches on the next tick: one message per connection
+	 * would overflow the monitor's queue during a reconnect storm. */
+	if(pending_count >= MAX_PENDING_EVENTS){ pending_dropped++; return; }
+	struct pending *p = malloc(sizeof(*p) + len);
+	if(!p){ pending_dropped++; return; }
+	p->next = NULL;
+	p->len = len;
+	memcpy(p->data, buf, len);
+	if(pending_tail) pending_tail->next = p; else pending_head = p;
+	pending_tail = p;
+	pending_count++;
+}
+
+static void flush_pending(void)
+{
+	/* Batch queued events into NDJSON payloads of at most ~256 KiB. */
+	size_t cap = 256 * 1024, len = 0;
+	char *buf;
+	if(!pending_head || !monitor_client) return;
+	buf = malloc(cap);
+	if(!buf) return;
+	while(pending_head){
+		struct pending *p = pending_head;
+		if(len + p->len > cap){
+			mosquitto_broker_publish_copy(NULL, EVENTS_TOPIC, (int)len, buf, 1, false, NULL);
+			len = 0;
+		}
+		memcpy(buf + len, p->data, p->len);
+		len += p->len;
+		pending_head = p->next;
+		free(p);
+		pending_count--;
+	}
+	pending_tail = NULL;
+	if(len) mosquitto_broker_publish_copy(NULL, EVENTS_TOPIC, (int)len, buf, 1, false, NULL);
+	free(buf);
+	if(pending_dropped){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "fw_gateway: %lu events dropped while no monitor was subscribed", pending_dropped);
+		pending_dropped = 0;
+	}
 }
 
 static int parse_cidr(const char *text, struct cidr *out)
@@ -465,7 +518,8 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!cert){
 		/* No certificate: only the platform on the loopback listener. */
 		if(ed->username && !strcmp(ed->username, PLATFORM_USER) && platform_password
-				&& ed->password && !strcmp(ed->password, platform_password)){
+				&& ed->password && strlen(ed->password) == strlen(platform_password)
+				&& CRYPTO_memcmp(ed->password, platform_password, strlen(platform_password)) == 0){
 			return MOSQ_ERR_SUCCESS;
 		}
 		return refuse(NULL, NULL, client_id, addr, NULL, "no_certificate", "no client certificate and not the platform user");
@@ -713,6 +767,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	struct timespec now;
 	long elapsed_ms;
 	(void)event; (void)event_data; (void)userdata;
+	flush_pending();
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	elapsed_ms = (now.tv_sec - last_flush.tv_sec) * 1000 + (now.tv_nsec - last_flush.tv_nsec) / 1000000;
 	if(elapsed_ms >= metrics_interval_ms && monitor_client){
@@ -788,6 +843,8 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	}
 	HASH_ITER(hh, revoked, s, stmp){ HASH_DEL(revoked, s); free(s); }
 	HASH_ITER(hh, rates, r, rtmp){ HASH_DEL(rates, r); free(r); }
+	while(pending_head){ struct pending *p = pending_head; pending_head = p->next; free(p); }
+	pending_tail = NULL;
 	free(policy_file); free(revoked_file); free(platform_password);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import threading
@@ -10,6 +11,10 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwarden.api import create_app
 from fleetwarden.events import Event, InProcessBus
@@ -149,3 +154,50 @@ class Harness:
         if bind:
             args += ["-A", bind]
         return subprocess.run([*args, *extra], capture_output=True, text=True, timeout=20)
+
+
+needs_broker = pytest.mark.skipif(
+    shutil.which("mosquitto_pub") is None or not Path("/usr/sbin/mosquitto").exists(),
+    reason="needs Debian mosquitto and mosquitto-clients (.ci/apt/gateway.txt)",
+)
+
+
+class Device:
+    """A paho-mqtt device session (MQTT 5, so refusals come back as reason codes)."""
+
+    def __init__(
+        self, h: Harness, cert: Issued, *, client_id: str | None = None, bind: str = ""
+    ) -> None:
+        self.cert = cert
+        cid = client_id or cert.cert.subject.rfc4514_string().removeprefix("CN=")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        self.client.tls_set(
+            ca_certs=str(h.pki.chain_path), certfile=str(cert.cert_path), keyfile=str(cert.key_path)
+        )
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.connect_rc: Any = None
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.suback: list[Any] = []
+        self.puback: list[Any] = []
+
+        def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+            self.connect_rc = rc
+            if not rc.is_failure:
+                self.connected.set()
+
+        def on_disconnect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+            self.disconnected.set()
+            self.connected.clear()
+
+        self.client.on_connect = on_connect
+        self.client.on_disconnect = on_disconnect
+        self.client.on_message = lambda c, u, m: self.messages.append(m)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.suback.extend(rcs)
+        self.client.on_publish = lambda c, u, mid, rc, p: self.puback.append(rc)
+        self.client.connect("127.0.0.1", h.port, keepalive=30, bind_address=bind)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

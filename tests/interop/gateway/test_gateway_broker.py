@@ -12,9 +12,8 @@ import subprocess
 import time
 
 import pytest
-from harness import Harness
+from gw_harness import Device, Harness, needs_broker
 
-from conftest import Device, needs_broker
 from fleetwarden.events import EventClass, Status
 from fleetwarden.events.model import device_config_change
 from fleetwarden.gateway.testpki import ScratchPKI
@@ -368,3 +367,42 @@ def test_broker_restarted_after_crash(harness: Harness) -> None:
         time.sleep(0.3)
     else:
         raise AssertionError("broker did not come back")
+
+
+def test_control_channel_and_platform_listener_are_closed_to_others(harness: Harness) -> None:
+    h = harness
+    c1, c2 = h.add_device("dev1"), h.add_device("dev2")
+    h.reload()
+    victim = Device(h, c1)
+    assert victim.connected.wait(10)
+    # A device cannot drive the plugin's control channel (it would revoke others).
+    attacker = Device(h, c2)
+    assert attacker.connected.wait(10)
+    attacker.client.publish("$CONTROL/fleetwarden/v1", b"revoke\tdev1\t", qos=1).wait_for_publish(5)
+    attacker.client.publish("$CONTROL/fleetwarden/v1", b"kick\tdev1", qos=0)
+    time.sleep(1.0)
+    assert victim.client.is_connected() and not victim.disconnected.is_set()
+    # The loopback platform listener wants the platform password; anonymous is refused.
+    base = [
+        "mosquitto_pub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(h.gateway.platform_port),
+        "-t",
+        "devices/dev1/x",
+        "-m",
+        "x",
+    ]
+    assert (
+        subprocess.run(
+            [*base, "-u", "$platform", "-P", "wrong-password-of-some-length"],
+            capture_output=True,
+            timeout=10,
+        ).returncode
+        != 0
+    )
+    assert subprocess.run(base, capture_output=True, timeout=10).returncode != 0
+    _auth_fail(h, reason="no_certificate")
+    victim.close()
+    attacker.close()

@@ -6,9 +6,8 @@ import random
 import time
 
 import pytest
-from harness import Harness
+from gw_harness import Harness, needs_broker
 
-from conftest import needs_broker
 from fleetwarden.events import EventClass
 from fleetwarden.gateway.agent import AgentConfig, TelemetryAgent, backoff_delays
 
