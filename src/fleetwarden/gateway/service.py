@@ -210,14 +210,11 @@ class Gateway:
         (the registry status then decides whether it may come back).
         """
         canon = parse_serial(serial)
+        # Kick first: persisting the serial must not delay dropping the session.
+        await self._control("\t".join(["revoke", device_id or "", canon or ""]))
         if canon is not None and canon not in self.live_revoked:
             self.live_revoked.add(canon)
-            await asyncio.to_thread(
-                write_secret, self._live_path, render_revoked(self.live_revoked).encode()
-            )
-            await asyncio.to_thread(self._write_policy)
-        fields = ["revoke", device_id or "", canon or ""]
-        await self._control("\t".join(fields))
+            await asyncio.to_thread(self._write_revoked)
         if canon is None:
             self._policy_dirty.set()
 
@@ -249,6 +246,11 @@ class Gateway:
     def _write_policy(self) -> bool:
         policies = compile_policy(self.ctx.registry, self.gs.refused_statuses)
         changed = write_if_changed(self.files.policy, render_policy(policies))
+        return self._write_revoked() or changed
+
+    def _write_revoked(self) -> bool:
+        """revoked.txt = CRL serials + live revocations (persisted in revoked-live.txt)."""
+        write_if_changed(self._live_path, render_revoked(self.live_revoked))
         serials = set(self.live_revoked)
         if self.gs.crl_file is not None:
             crl = self.gs.path(self.ctx.settings.data_dir, self.gs.crl_file)
@@ -258,8 +260,8 @@ class Gateway:
                 except (OSError, ValueError) as exc:
                     # Keep the last good list: an unreadable CRL must not un-revoke.
                     log.error("gateway: cannot read CRL %s: %s", crl, exc)
-                    return changed
-        return write_if_changed(self.files.revoked, render_revoked(serials)) or changed
+                    return False
+        return write_if_changed(self.files.revoked, render_revoked(serials))
 
     async def reload_policy(self) -> bool:
         """Recompile policy and revoked list; tell the plugin when either changed."""
