@@ -770,13 +770,13 @@ static int on_tick(int event, void *event_data, void *userdata)
 	flush_pending();
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	elapsed_ms = (now.tv_sec - last_flush.tv_sec) * 1000 + (now.tv_nsec - last_flush.tv_nsec) / 1000000;
+	if(HASH_COUNT(rates) > 10000){ /* bound memory under a flood of addresses */
+		struct addr_rate *r, *tmp;
+		HASH_ITER(hh, rates, r, tmp){ HASH_DEL(rates, r); free(r); }
+	}
 	if(elapsed_ms >= metrics_interval_ms && monitor_client){
 		last_flush = now;
 		flush_metrics();
-		if(HASH_COUNT(rates) > 10000){ /* bound memory under a flood of addresses */
-			struct addr_rate *r, *tmp;
-			HASH_ITER(hh, rates, r, tmp){ HASH_DEL(rates, r); free(r); }
-		}
 	}
 	return MOSQ_ERR_SUCCESS;
 }
