@@ -36,7 +36,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 @dataclass
 class Issued:
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    #: None when the key lives in a token (PKCS#11) and never left it
+    key: ec.EllipticCurvePrivateKey | None
     cert_path: Path
     key_path: Path
 
@@ -111,13 +112,16 @@ class ScratchPKI:
         not_before: dt.datetime,
         not_after: dt.datetime,
         key: ec.EllipticCurvePrivateKey | None = None,
+        public_key: ec.EllipticCurvePublicKey | None = None,
     ) -> Issued:
-        key = key or ec.generate_private_key(ec.SECP256R1())
+        if public_key is None:
+            key = key or ec.generate_private_key(ec.SECP256R1())
+            public_key = key.public_key()
         b = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
             .issuer_name(self.issuing.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
@@ -145,8 +149,9 @@ class ScratchPKI:
         cert_path = stem.with_suffix(".crt")
         key_path = stem.with_suffix(".key")
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(_pem_key(key))
-        key_path.chmod(0o600)
+        if key is not None:
+            key_path.write_bytes(_pem_key(key))
+            key_path.chmod(0o600)
         return Issued(cert, key, cert_path, key_path)
 
     def server(self, cn: str = "localhost") -> Issued:
@@ -170,6 +175,18 @@ class ScratchPKI:
             server=False,
             not_before=_NOW - dt.timedelta(hours=1),
             not_after=_NOW + dt.timedelta(days=30),
+        )
+
+    def device_for_public_key(
+        self, device_id: str, public_key: ec.EllipticCurvePublicKey
+    ) -> Issued:
+        """A device certificate for a key held elsewhere (a PKCS#11 token)."""
+        return self._leaf(
+            device_id,
+            server=False,
+            not_before=_NOW - dt.timedelta(hours=1),
+            not_after=_NOW + dt.timedelta(days=30),
+            public_key=public_key,
         )
 
     def revoke(self, issued: Issued) -> None:
