@@ -406,3 +406,18 @@ def test_control_channel_and_platform_listener_are_closed_to_others(harness: Har
     _auth_fail(h, reason="no_certificate")
     victim.close()
     attacker.close()
+
+
+def test_hostile_client_id_is_refused_and_reported_safely(harness: Harness) -> None:
+    h = harness
+    c = h.add_device("dev1")
+    h.reload()
+    hostile = 'dev1"},{"kind":"connected","device":"dev2\\é'
+    d = Device(h, c, client_id=hostile)
+    time.sleep(1.0)
+    assert not d.connected.is_set()
+    e = _auth_fail(h, reason="client_id_mismatch")
+    assert e.device_uid == "dev1"
+    assert e.data["unmapped"]["gateway"]["client_id"] == hostile  # escaped, not injected
+    assert not any(x.device_uid == "dev2" for x in h.events)
+    d.close()

@@ -121,3 +121,38 @@ def test_missing_binary_names_package(tmp_path: Path) -> None:
 def test_missing_compiler_names_packages(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mosquitto-dev"):
         build_plugin(tmp_path, cc="no-such-cc")
+
+
+def test_broker_log_lines_attributed_to_source() -> None:
+    from fleetwarden.gateway.supervisor import _CONN_FAIL, _NEW_CONN, _SSL_ERR
+
+    m = _NEW_CONN.match("New connection from 127.0.0.2:40412 on port 8883.")
+    assert m is not None and m.group(1) == "127.0.0.2"
+    m = _NEW_CONN.match("New connection from ::ffff:10.1.2.3:5000 on port 8883.")
+    assert m is not None and m.group(1) == "::ffff:10.1.2.3"
+    m = _SSL_ERR.match("OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed")
+    assert m is not None and m.group(1) == "certificate verify failed"
+    m = _CONN_FAIL.match(
+        "Client connection from 127.0.0.9 failed: error:0A00009C:SSL routines::http request."
+    )
+    assert m is not None and m.groups() == ("127.0.0.9", "http request.")
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        {},
+        {"kind": "auth_refused"},
+        {"kind": "auth_refused", "device": 5, "address": ["x"], "reason": None},
+        {"kind": "shared_credential", "device": "d", "client_id": {"a": 1}},
+        {"kind": "connected", "device": "d" * 10_000},
+        {"kind": "nonsense"},
+    ],
+)
+def test_monitor_survives_malformed_reports(rec: dict[str, object]) -> None:
+    from fleetwarden.gateway.service import Gateway
+
+    ev, _durable = Gateway()._event_for(rec)
+    if ev is not None:
+        ev.to_ocsf()  # serialisable whatever came in
+        assert ev.device_uid is None or len(ev.device_uid) <= 256
