@@ -50,7 +50,8 @@ class MetricsAggregator:
     def __init__(self, window_s: float, *, clock: Callable[[], float] = time.time) -> None:
         self.window_s = window_s
         self.clock = clock
-        self.start = clock()
+        # Windows are aligned to multiples of window_s (epoch), as the detector expects.
+        self.start = self._aligned(clock())
         self.devices: dict[str, _Window] = {}
         self.sources: dict[str, _Window] = {}
         self.totals: dict[str, int] = dict.fromkeys(_COUNTERS.values(), 0)
@@ -83,12 +84,16 @@ class MetricsAggregator:
         w.counts["connection_refusals"] += 1
         w.addresses.add(address[:64])
 
+    def _aligned(self, t: float) -> float:
+        return float(int(t // self.window_s) * self.window_s)
+
     def due(self) -> bool:
         return self.clock() - self.start >= self.window_s
 
     def flush(self) -> list[dict[str, Any]]:
         """Close the current window and return its records (devices, then sources)."""
-        end = self.clock()
+        now = self.clock()
+        end = min(now, self.start + self.window_s)
         start_ms, end_ms = int(self.start * 1000), int(end * 1000)
         out: list[dict[str, Any]] = []
         for device, w in sorted(self.devices.items()):
@@ -98,7 +103,7 @@ class MetricsAggregator:
         # Devices still connected carry over so the next window reports them too.
         self.devices = {d: _Window(connected=True) for d, w in self.devices.items() if w.connected}
         self.sources = {}
-        self.start = end
+        self.start = self._aligned(now)
         return out
 
 
@@ -119,7 +124,35 @@ def _record(
     return rec
 
 
-def metric_event(rec: dict[str, Any]) -> Event:
+DETECT_SCHEMA = "fleetwarden.detect.metric_window/1"
+
+
+def detect_window(rec: dict[str, Any], window_s: float) -> dict[str, Any] | None:
+    """The record in the detection control's contract (docs/detect.md), devices only."""
+    if rec["device"] is None:
+        return None
+    return {
+        "schema": DETECT_SCHEMA,
+        "device_id": rec["device"],
+        "start": rec["window_start"] // 1000,
+        "window_s": int(window_s),
+        "messages_sent": rec["messages_sent"],
+        "messages_received": rec["messages_received"],
+        "bytes_sent": rec["bytes_sent"],
+        "bytes_received": rec["bytes_received"],
+        "connection_attempts": rec["connection_attempts"],
+        "disconnects": rec["disconnects"],
+        "disconnect_seconds": rec["disconnect_duration_s"],
+        "auth_failures": rec["connection_refusals"],
+        "authz_failures": rec["authorization_failures"],
+        "source_ips": rec["source_addresses"][:16],
+        "source_ips_total": len(rec["source_addresses"]),
+        "topics": rec["topics"],
+        "topics_total": len(rec["topics"]),
+    }
+
+
+def metric_event(rec: dict[str, Any], window_s: float = 300.0) -> Event:
     """OCSF 4001 Network Activity / Traffic carrying one window of one device."""
     who = rec["device"] or rec["source_address"]
     return Event(
@@ -138,6 +171,9 @@ def metric_event(rec: dict[str, Any]) -> Event:
                 "packets_in": rec["messages_sent"],
                 "packets_out": rec["messages_received"],
             },
-            "unmapped": {"fleetwarden_metrics": rec},
+            "unmapped": {
+                "fleetwarden_metrics": rec,
+                "metric_window": detect_window(rec, window_s),
+            },
         },
     )

@@ -40,7 +40,7 @@ from fleetwarden.events import (
 from fleetwarden.gateway.brokerconf import BrokerFiles, render_config
 from fleetwarden.gateway.build import build_plugin
 from fleetwarden.gateway.config import GatewaySettings
-from fleetwarden.gateway.metrics import MetricsAggregator, metric_event
+from fleetwarden.gateway.metrics import MetricsAggregator, detect_window, metric_event
 from fleetwarden.gateway.policy import (
     canonical_serial,
     compile_policy,
@@ -513,13 +513,26 @@ class Gateway:
 
     async def _publish_metrics(self, *, final: bool = False) -> None:
         assert self.metrics is not None
+        windows: list[dict[str, Any]] = []
         for rec in self.metrics.flush():
+            w = detect_window(rec, self.gs.metrics_window_s)
+            if w is not None:
+                windows.append(w)
             try:
-                await self.ctx.bus.publish(metric_event(rec))
+                await self.ctx.bus.publish(metric_event(rec, self.gs.metrics_window_s))
             except RuntimeError:
                 if not final:
                     raise
                 return
+        # In one `up` process the detection control registers itself on the app state;
+        # hand it the windows directly (its documented in-process intake).
+        detect = getattr(self.ctx.app.state, "detect", None)
+        ingest = getattr(detect, "ingest", None)
+        if windows and ingest is not None:
+            try:
+                await ingest(windows)
+            except Exception as exc:
+                log.warning("gateway: detection intake refused %d windows: %s", len(windows), exc)
 
     async def flush_metrics_now(self) -> None:
         """Close the current window at once (tests, shutdown)."""

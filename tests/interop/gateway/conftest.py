@@ -27,6 +27,8 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> ScratchPKI:
 def harness(tmp_path: Path, pki: ScratchPKI, request: pytest.FixtureRequest) -> Iterator[Harness]:
     marker = request.node.get_closest_marker("gateway_settings")
     extra: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    if request.node.get_closest_marker("with_detect"):
+        extra["with_detect"] = True
     h = Harness(tmp_path, pki, **extra)
     setup = request.node.get_closest_marker("gateway_setup")
     if setup:
@@ -41,3 +43,4 @@ def harness(tmp_path: Path, pki: ScratchPKI, request: pytest.FixtureRequest) -> 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gateway_settings(**kw): GatewaySettings overrides")
     config.addinivalue_line("markers", "gateway_setup(fn): registry setup before start")
+    config.addinivalue_line("markers", "with_detect: run the detection control beside")

@@ -33,7 +33,11 @@ def free_port() -> int:
 
 
 class Harness:
-    def __init__(self, tmp: Path, pki: ScratchPKI, **gateway: Any) -> None:
+    def __init__(
+        self, tmp: Path, pki: ScratchPKI, *, with_detect: bool = False, **gateway: Any
+    ) -> None:
+        self.with_detect = with_detect
+        self.detect: Any = None
         self.tmp = tmp
         self.pki = pki
         self.server = pki.server("localhost")
@@ -78,12 +82,19 @@ class Harness:
             )
             await self.relay.start(self.ctx)
             await self.gateway.start(self.ctx)
+            if self.with_detect:  # the real detection control, as `up` runs it
+                from fleetwarden.detect.service import DetectService
+
+                self.detect = DetectService(self.settings.detect, self.settings.data_dir)
+                await self.detect.start(self.ctx)
 
         self.run(_start())
         return self
 
     def stop(self) -> None:
         async def _stop() -> None:
+            if self.detect is not None:
+                await self.detect.stop()
             await self.gateway.stop()
             await self.relay.stop()
             await self.bus.close()

@@ -421,3 +421,29 @@ def test_hostile_client_id_is_refused_and_reported_safely(harness: Harness) -> N
     assert e.data["unmapped"]["gateway"]["client_id"] == hostile  # escaped, not injected
     assert not any(x.device_uid == "dev2" for x in h.events)
     d.close()
+
+
+def _two_devices(h: Harness) -> None:
+    h.add_device("dev1")
+    h.add_device("dev2")
+
+
+@pytest.mark.with_detect
+@pytest.mark.gateway_setup.with_args(_two_devices)
+def test_metric_windows_reach_the_detection_control(harness: Harness) -> None:
+    h = harness
+    c1 = h.pki.device("dev1")
+    d1 = Device(h, c1)
+    assert d1.connected.wait(10)
+    for _ in range(10):
+        d1.client.publish("devices/dev1/telemetry", b"12345", qos=0)
+    time.sleep(1.0)
+    before = h.detect.intake.accepted
+    h.run(h.gateway.flush_metrics_now())
+    ev = h.wait_for(lambda e: e.class_uid == EventClass.NETWORK_ACTIVITY and e.device_uid == "dev1")
+    win = ev.data["unmapped"]["metric_window"]
+    assert win["schema"] == "fleetwarden.detect.metric_window/1"
+    assert win["device_id"] == "dev1" and win["messages_sent"] == 10 and win["bytes_sent"] == 50
+    assert win["start"] % win["window_s"] == 0
+    assert h.detect.intake.accepted == before + 1, h.detect.intake.rejected
+    d1.close()
