@@ -45,6 +45,10 @@ class GatewaySettings(BaseModel):
     )
     source_policy: Literal["refuse", "quarantine"] = "refuse"
     unknown_devices: Literal["refuse", "allow"] = "refuse"
+    quarantine_group: str | None = Field(
+        default="quarantine",
+        description="members may only use quarantine/<id>/... (matches [detect] quarantine_group)",
+    )
     refused_statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSED))
     metrics_window_s: float = Field(default=300.0, gt=0, description="per-device metric window")
     metrics_flush_ms: int = Field(default=1000, ge=50, le=60_000)

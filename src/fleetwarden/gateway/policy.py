@@ -3,7 +3,9 @@
 The plugin reads two files, both written atomically (0600):
 
 - ``policy.tsv``: one line per device,
-  ``D <id> <status> <refused 0|1> <group,...> <cidr,...> <rule label>`` (tab-separated).
+  ``D <id> <status> <refused 0|1> <group,...> <cidr,...> <rule label> <quarantine 0|1>``
+  (tab-separated); quarantine = member of the quarantine group (the detection
+  control's mitigation), which confines the device to ``quarantine/<id>/...``.
   The effective source networks of a device are its own ``allowed_cidrs`` plus its fixed
   IP when ``ip_fixed``; when it has none, the union of its groups' ``allowed_cidrs``; when
   nothing is set anywhere, the device is not bound to a network. The rule label names
@@ -42,6 +44,7 @@ class DevicePolicy:
     groups: tuple[str, ...]
     cidrs: tuple[str, ...]
     rule: str
+    quarantined: bool = False
 
 
 def canonical_serial(serial: int | str) -> str:
@@ -60,7 +63,9 @@ def _norm_cidrs(values: Iterable[str]) -> list[str]:
     return out
 
 
-def compile_policy(registry: Registry, refused_statuses: Iterable[str]) -> list[DevicePolicy]:
+def compile_policy(
+    registry: Registry, refused_statuses: Iterable[str], quarantine_group: str | None = None
+) -> list[DevicePolicy]:
     refused_set = {s.lower() for s in refused_statuses}
     result: list[DevicePolicy] = []
     with registry.session() as s:
@@ -91,6 +96,8 @@ def compile_policy(registry: Registry, refused_statuses: Iterable[str]) -> list[
                     groups=groups,
                     cidrs=tuple(cidrs),
                     rule=rule or "-",
+                    quarantined=quarantine_group is not None
+                    and any(g.name == quarantine_group for g in dev.groups),
                 )
             )
     return result
@@ -107,6 +114,7 @@ def render_policy(policies: Iterable[DevicePolicy]) -> str:
             ",".join(p.groups),
             ",".join(p.cidrs),
             p.rule.replace("\t", " ")[:150],
+            "1" if p.quarantined else "0",
         ]
         lines.append("\t".join(fields))
     return "\n".join(lines) + "\n"

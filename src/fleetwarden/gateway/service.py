@@ -244,7 +244,9 @@ class Gateway:
 
     # --------------------------------------------------------------------- policy
     def _write_policy(self) -> bool:
-        policies = compile_policy(self.ctx.registry, self.gs.refused_statuses)
+        policies = compile_policy(
+            self.ctx.registry, self.gs.refused_statuses, self.gs.quarantine_group
+        )
         changed = write_if_changed(self.files.policy, render_policy(policies))
         return self._write_revoked() or changed
 
@@ -429,6 +431,20 @@ class Gateway:
                 ),
                 True,
             )
+        if kind == "quarantined" and reason == "policy":
+            return (
+                authentication(
+                    device_uid=device,
+                    src_ip=addr,
+                    success=True,
+                    message=f"device {device} connected from {addr} into quarantine "
+                    "(quarantine group member)",
+                    protocol=PROTOCOL,
+                    severity=Severity.MEDIUM,
+                    extra=extra,
+                ),
+                True,
+            )
         if kind == "quarantined":
             return (
                 detection_finding(
@@ -468,7 +484,9 @@ class Gateway:
                     src_ip=addr,
                     success=True,
                     activity=AuthActivity.LOGOFF,
-                    message=f"device {device} session dropped: certificate {serial} revoked",
+                    message=f"device {device} session dropped: certificate {serial} revoked"
+                    if reason == "revoked"
+                    else f"device {device} session dropped: policy changed ({reason})",
                     protocol=PROTOCOL,
                     severity=Severity.MEDIUM,
                     extra=extra,

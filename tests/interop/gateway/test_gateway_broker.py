@@ -447,3 +447,39 @@ def test_metric_windows_reach_the_detection_control(harness: Harness) -> None:
     assert win["start"] % win["window_s"] == 0
     assert h.detect.intake.accepted == before + 1, h.detect.intake.rejected
     d1.close()
+
+
+def test_policy_changes_apply_to_live_sessions(harness: Harness) -> None:
+    from fleetwarden.registry import schemas
+    from fleetwarden.registry.models import Device as DeviceRow
+    from fleetwarden.registry.service import Actor
+
+    h = harness
+    c1, c2, c3 = h.add_device("dev1"), h.add_device("dev2"), h.add_device("dev3")
+    h.add_group("quarantine", [])
+    h.reload()
+    d1, d2, d3 = Device(h, c1), Device(h, c2), Device(h, c3)
+    assert d1.connected.wait(10) and d2.connected.wait(10) and d3.connected.wait(10)
+    # C9 mitigation -> C8: the detection control puts dev1 into the quarantine group.
+    h.registry.set_membership("quarantine", "dev1", True, Actor("cli:test"))
+    # C3/C4: dev2's allowed network changes to one it is not connecting from.
+    h.registry.update_device(
+        "dev2", schemas.DeviceUpdate(allowed_cidrs=["127.0.0.5/32"]), Actor("cli:test")
+    )
+    h.reload()
+    assert d1.disconnected.wait(5) and d2.disconnected.wait(5)
+    assert d3.client.is_connected()
+    h.wait_for(lambda e: e.device_uid == "dev2" and "policy changed (source_network)" in e.message)
+    # dev1 comes back (paho reconnects) confined to quarantine/dev1/...
+    assert d1.connected.wait(10)
+    d1.suback.clear()
+    d1.client.subscribe([("devices/dev1/#", 1), ("quarantine/dev1/#", 1)])
+    time.sleep(0.5)
+    assert [rc.value for rc in d1.suback] == [135, 1]
+    # a registry status that forbids connecting drops the live session too
+    with h.registry.session() as s:
+        s.get(DeviceRow, "dev3").status = "suspended"
+    h.reload()
+    assert d3.disconnected.wait(5)
+    for d in (d1, d2, d3):
+        d.close()

@@ -68,6 +68,7 @@ struct dev {
 	/* policy (from the policy file) */
 	int in_policy;
 	int refused; /* registry status forbids connecting */
+	int policy_quarantine; /* member of the quarantine group */
 	char status[33];
 	char rule[160];
 	char **groups;
@@ -309,6 +310,7 @@ static void dev_clear_policy(struct dev *d)
 	d->ngroups = d->ncidrs = 0;
 	d->in_policy = 0;
 	d->refused = 0;
+	d->policy_quarantine = 0;
 	d->status[0] = '\0';
 	d->rule[0] = '\0';
 }
@@ -356,13 +358,14 @@ static char *split_field(char **cursor)
 
 static void load_policy_line(char *line)
 {
-	/* D <id> <status> <refused 0|1> <groups,..> <cidrs,..> <rule label> */
-	char *cur = line, *kind, *id, *status, *refused, *groups, *cidrs, *rule;
+	/* D <id> <status> <refused 0|1> <groups,..> <cidrs,..> <rule label> [<quarantine 0|1>] */
+	char *cur = line, *kind, *id, *status, *refused, *groups, *cidrs, *rule, *quar;
 	struct dev *d;
 	kind = split_field(&cur);
 	if(!kind || strcmp(kind, "D")) return;
 	id = split_field(&cur); status = split_field(&cur); refused = split_field(&cur);
 	groups = split_field(&cur); cidrs = split_field(&cur); rule = split_field(&cur);
+	quar = split_field(&cur);
 	if(!id || !status || !refused || !groups || !cidrs || !rule) return;
 	if(!id[0] || strlen(id) > MAX_ID) return;
 	d = dev_get(id, 1);
@@ -370,6 +373,7 @@ static void load_policy_line(char *line)
 	dev_clear_policy(d);
 	d->in_policy = 1;
 	d->refused = refused[0] == '1';
+	d->policy_quarantine = quar && quar[0] == '1';
 	snprintf(d->status, sizeof(d->status), "%s", status);
 	snprintf(d->rule, sizeof(d->rule), "%s", rule);
 	if(groups[0]){
@@ -394,6 +398,25 @@ static void load_policy_line(char *line)
 			d->refused = 1;
 			snprintf(d->status, sizeof(d->status), "%s", "bad-cidr-policy");
 		}
+	}
+}
+
+static int source_allowed(const struct dev *d, const char *addr);
+
+static void enforce_live(struct dev *d)
+{
+	/* A policy change applies to the live session too: a device that may no longer
+	 * connect, or must now be quarantined, is dropped and meets the new policy when it
+	 * reconnects. */
+	const char *why = NULL;
+	if(!d->client) return;
+	if(!d->in_policy && !allow_unknown) why = "unknown_device";
+	else if(d->refused) why = "device_status";
+	else if(d->policy_quarantine && !d->quarantined) why = "quarantine";
+	else if(!d->quarantined && !source_allowed(d, d->addr)) why = "source_network";
+	if(why){
+		emit_event("kicked", d->id, NULL, d->addr, d->serial, why, d->rule);
+		mosquitto_kick_client_by_username(d->id, false);
 	}
 }
 
@@ -427,6 +450,14 @@ static void reload_all(void)
 	HASH_ITER(hh, devices, d, tmp){ dev_clear_policy(d); }
 	int n = read_lines(policy_file, load_policy_line);
 	int r = read_lines(revoked_file, load_revoked_line);
+	HASH_ITER(hh, devices, d, tmp){
+		if(d->client && serial_revoked(d->serial)){
+			emit_event("kicked", d->id, NULL, d->addr, d->serial, "revoked", NULL);
+			mosquitto_kick_client_by_username(d->id, false);
+		}else{
+			enforce_live(d);
+		}
+	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "fw_gateway: policy loaded (%d devices, %d revoked serials)", n, r);
 }
 
@@ -501,7 +532,6 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	X509 *cert;
 	char cn[MAX_ID + 2], serial[MAX_SERIAL + 1];
 	struct dev *d;
-	struct cidr a;
 	(void)event; (void)userdata;
 
 	if(rate_exceeded(addr)){
@@ -549,16 +579,15 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!client_id || strcmp(client_id, cn)){
 		return refuse(d, cn, client_id, addr, serial, "client_id_mismatch", "client id must equal the certificate CN");
 	}
-	d->quarantined = 0;
-	if(d->ncidrs > 0){
-		int ok = 0;
-		if(parse_addr(addr, &a) == 0){
-			for(int i = 0; i < d->ncidrs && !ok; i++) ok = cidr_contains(&d->cidrs[i], &a);
+	d->quarantined = d->policy_quarantine;
+	if(d->policy_quarantine){
+		emit_event("quarantined", cn, client_id, addr, serial, "policy", "member of the quarantine group");
+	}
+	if(!source_allowed(d, addr)){
+		if(!source_quarantine){
+			return refuse(d, cn, client_id, addr, serial, "source_network", d->rule);
 		}
-		if(!ok){
-			if(!source_quarantine){
-				return refuse(d, cn, client_id, addr, serial, "source_network", d->rule);
-			}
+		if(!d->quarantined){
 			d->quarantined = 1;
 			emit_event("quarantined", cn, client_id, addr, serial, "source_network", d->rule);
 		}
@@ -581,6 +610,15 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(addr) remember(d->addrs, &d->naddrs, MAX_ADDRS, addr);
 	emit_event("connected", cn, client_id, addr, serial, d->quarantined ? "quarantined" : NULL, NULL);
 	return MOSQ_ERR_SUCCESS;
+}
+
+static int source_allowed(const struct dev *d, const char *addr)
+{
+	struct cidr a;
+	if(d->ncidrs == 0) return 1;
+	if(parse_addr(addr, &a) != 0) return 0;
+	for(int i = 0; i < d->ncidrs; i++) if(cidr_contains(&d->cidrs[i], &a)) return 1;
+	return 0;
 }
 
 static int topic_allowed(const struct dev *d, const char *topic)
