@@ -110,6 +110,7 @@ class Gateway:
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_dirty = asyncio.Event()
+        self._policy_lock = asyncio.Lock()
         self._refusals: dict[str, tuple[int, int]] = {}
         self._connected = asyncio.Event()
         self.dropped_reports = 0
@@ -214,7 +215,8 @@ class Gateway:
         await self._control("\t".join(["revoke", device_id or "", canon or ""]))
         if canon is not None and canon not in self.live_revoked:
             self.live_revoked.add(canon)
-            await asyncio.to_thread(self._write_revoked)
+            async with self._policy_lock:
+                await asyncio.to_thread(self._write_revoked)
         if canon is None:
             self._policy_dirty.set()
 
@@ -227,6 +229,17 @@ class Gateway:
             if isinstance(op, str) and op.startswith(("device.", "group.")):
                 self._policy_dirty.set()
             return
+        # The identity control's revocation event (identity.service.revocation_of).
+        from fleetwarden.identity.service import revocation_of
+
+        revoked = revocation_of(event)
+        if revoked is not None:
+            device_id, serials, _fingerprints = revoked
+            targets: list[str | None] = list(serials) or [None]
+            for serial in targets:
+                await self.revoke(device_id, serial)
+            return
+        # The gateway's own documented shape (docs/gateway.md), for other producers.
         unmapped = event.data.get("unmapped")
         changes = unmapped.get("changes") if isinstance(unmapped, dict) else None
         cert = changes.get("certificate") if isinstance(changes, dict) else None
@@ -266,11 +279,15 @@ class Gateway:
         return write_if_changed(self.files.revoked, render_revoked(serials))
 
     async def reload_policy(self) -> bool:
-        """Recompile policy and revoked list; tell the plugin when either changed."""
-        changed = await asyncio.to_thread(self._write_policy)
-        if changed:
-            await self._control("reload")
-        return changed
+        """Recompile policy and revoked list; tell the plugin when either changed.
+
+        Serialised: two overlapping compiles could otherwise let an older registry
+        snapshot overwrite a newer one."""
+        async with self._policy_lock:
+            changed = await asyncio.to_thread(self._write_policy)
+            if changed:
+                await self._control("reload")
+            return changed
 
     async def _refresh_loop(self) -> None:
         while True:

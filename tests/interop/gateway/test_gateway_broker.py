@@ -161,7 +161,7 @@ def test_live_revocation_drops_only_that_device(harness: Harness) -> None:
     assert d1.disconnected.wait(5)
     assert time.monotonic() - t0 < 5
     time.sleep(0.5)
-    assert d2.client.is_connected() and not d2.disconnected.is_set()
+    assert d2.client.is_connected() and not d2.disconnected.is_set(), [e.message for e in h.events]
     r = h.pub(c1, "devices/dev1/t")
     assert r.returncode != 0
     _auth_fail(h, reason="revoked")
@@ -483,3 +483,27 @@ def test_policy_changes_apply_to_live_sessions(harness: Harness) -> None:
     assert d3.disconnected.wait(5)
     for d in (d1, d2, d3):
         d.close()
+
+
+def test_identity_revocation_event_drops_session(harness: Harness) -> None:
+    """The identity control's own revocation event (identity.service.revoke's shape)."""
+    from fleetwarden.identity.service import REVOKED
+
+    h = harness
+    c1, c2 = h.add_device("dev1"), h.add_device("dev2")
+    h.reload()
+    d1, d2 = Device(h, c1), Device(h, c2)
+    assert d1.connected.wait(10) and d2.connected.wait(10)
+    ev = device_config_change(
+        device_uid="dev1",
+        message="certificate(s) of dev1 revoked (keyCompromise)",
+        changes={"identity_event": REVOKED, "serials": [c1.serial_hex], "reason": "keyCompromise"},
+    )
+    h.run(h.bus.publish(ev))
+    assert d1.disconnected.wait(5)
+    time.sleep(0.3)
+    assert d2.client.is_connected()
+    assert h.pub(c1, "devices/dev1/t").returncode != 0
+    _auth_fail(h, reason="revoked")
+    d1.close()
+    d2.close()
