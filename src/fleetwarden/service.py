@@ -137,6 +137,7 @@ def components(settings: Settings) -> list[Component]:
     from fleetwarden.auditlog.component import AuditLogComponent
     from fleetwarden.detect.service import DetectService
     from fleetwarden.firmware.component import FirmwareComponent
+    from fleetwarden.gateway import Gateway
 
     detect = [DetectService(settings.detect, settings.data_dir)] if settings.detect.enabled else []
     # the audit log starts before (and so stops after) the relay that feeds it
@@ -144,6 +145,7 @@ def components(settings: Settings) -> list[Component]:
         *([AuditLogComponent()] if settings.auditlog.enabled else []),
         OutboxRelay(),
         IdentityComponent(),
+        Gateway(),
         *detect,
         FirmwareComponent(),
     ]

@@ -27,6 +27,7 @@ from fleetwarden.auditlog.config import AuditLogSettings
 from fleetwarden.detect.config import DetectSettings
 from fleetwarden.errors import ConfigError
 from fleetwarden.firmware.config import FirmwareSettings
+from fleetwarden.gateway.config import GatewaySettings
 from fleetwarden.identity.config import IdentitySettings
 
 CONFIG_FILE = "fleetwarden.toml"
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
     detect: DetectSettings = Field(default_factory=DetectSettings)
     firmware: FirmwareSettings = Field(default_factory=FirmwareSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("log_level")
     @classmethod

@@ -29,6 +29,7 @@ class EventClass(IntEnum):
     COMPLIANCE_FINDING = 2003
     DETECTION_FINDING = 2004
     AUTHENTICATION = 3002
+    NETWORK_ACTIVITY = 4001
     DEVICE_CONFIG_STATE_CHANGE = 5019
     API_ACTIVITY = 6003
 
@@ -45,12 +46,14 @@ _CLASS_NAMES = {
     EventClass.COMPLIANCE_FINDING: "Compliance Finding",
     EventClass.DETECTION_FINDING: "Detection Finding",
     EventClass.AUTHENTICATION: "Authentication",
+    EventClass.NETWORK_ACTIVITY: "Network Activity",
     EventClass.DEVICE_CONFIG_STATE_CHANGE: "Device Config State Change",
     EventClass.API_ACTIVITY: "API Activity",
 }
 _CATEGORY_NAMES = {
     2: "Findings",
     3: "Identity & Access Management",
+    4: "Network Activity",
     5: "Discovery",
     6: "Application Activity",
 }
