@@ -115,6 +115,38 @@ class Gateway:
         self._connected = asyncio.Event()
         self.dropped_reports = 0
 
+    @staticmethod
+    def _from_fleet_ca(ctx: Context, gs: GatewaySettings) -> GatewaySettings:
+        """With a fleet CA (the identity control is running) and the certificate paths
+        left at their defaults, the broker trusts the CA chain and refuses the CRL that
+        the identity control keeps, and serves a certificate issued by the fleet CA
+        (re-issued like the API's: when missing, renamed, or past 2/3 of its life).
+        Paths set explicitly are used as they are."""
+        identity = getattr(ctx.app.state, "identity", None)
+        if identity is None:
+            return gs
+        from fleetwarden.identity.tls import ensure_server_certificate, server_names
+
+        ddir = ctx.settings.data_dir
+        default = GatewaySettings()
+        update: dict[str, Any] = {}
+        if gs.ca_file == default.ca_file and not gs.path(ddir, gs.ca_file).exists():
+            update["ca_file"] = identity.ca.paths.chain
+        if gs.crl_file is None:
+            update["crl_file"] = identity.ca.paths.crl
+        if gs.cert_file == default.cert_file and gs.key_file == default.key_file:
+            names = server_names(ctx.settings)
+            if gs.host not in {"0.0.0.0", "::"}:  # noqa: S104 (a comparison)
+                names = list(dict.fromkeys([*names, gs.host]))
+            ensure_server_certificate(
+                identity.ca,
+                names,
+                ctx.registry,
+                cert_path=gs.path(ddir, gs.cert_file),
+                key_path=gs.path(ddir, gs.key_file),
+            )
+        return gs.model_copy(update=update) if update else gs
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -123,6 +155,7 @@ class Gateway:
         if not gs.enabled:
             self.skipped = "disabled (gateway.enabled = false)"
             return
+        gs = self.gs = await asyncio.to_thread(self._from_fleet_ca, ctx, gs)
         ddir = ctx.settings.data_dir
         ca, cert, key = (gs.path(ddir, p) for p in (gs.ca_file, gs.cert_file, gs.key_file))
         missing = [str(p) for p in (ca, cert, key) if not p.exists()]

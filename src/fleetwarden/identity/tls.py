@@ -30,6 +30,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
@@ -141,14 +142,22 @@ def server_names(settings: Settings) -> list[str]:
 
 
 def ensure_server_certificate(
-    ca: FleetCA, names: list[str], registry: Registry | None, *, force: bool = False
+    ca: FleetCA,
+    names: list[str],
+    registry: Registry | None,
+    *,
+    force: bool = False,
+    cert_path: Path | None = None,
+    key_path: Path | None = None,
 ) -> tuple[str, str]:
-    """(cert file, key file) of the platform TLS certificate; (re)issued when missing,
-    when its names changed or past 2/3 of its life."""
-    paths = ca.paths
-    if not force and paths.server_cert.exists() and paths.server_key.exists():
+    """(cert file, key file) of a platform TLS certificate (the API's by default, or the
+    one at ``cert_path``/``key_path``, e.g. the broker's); (re)issued when missing, when
+    its names changed, when another CA issued it, or past 2/3 of its life."""
+    cert_file = cert_path or ca.paths.server_cert
+    key_file = key_path or ca.paths.server_key
+    if not force and cert_file.exists() and key_file.exists():
         try:
-            current = x509.load_pem_x509_certificates(paths.server_cert.read_bytes())[0]
+            current = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
             san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             have = {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
                 str(v) for v in san.get_values_for_type(x509.IPAddress)
@@ -156,13 +165,11 @@ def ensure_server_certificate(
             life = current.not_valid_after_utc - current.not_valid_before_utc
             fresh = datetime.now(UTC) < current.not_valid_before_utc + life * 2 / 3
             if fresh and set(names) <= have and current.issuer == ca.cert.subject:
-                return str(paths.server_cert), str(paths.server_key)
+                return str(cert_file), str(key_file)
         except (ValueError, IndexError, x509.ExtensionNotFound):
             pass  # unreadable: issue a new one
-    cert_path, key_path = issue_server_certificate(
-        ca, names, paths.server_cert, paths.server_key, registry=registry
-    )
-    return str(cert_path), str(key_path)
+    issue_server_certificate(ca, names, cert_file, key_file, registry=registry)
+    return str(cert_file), str(key_file)
 
 
 def issue_server_certificate(

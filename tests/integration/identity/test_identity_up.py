@@ -33,6 +33,8 @@ def test_up_serves_https_est_and_crl(tmp_path: Path) -> None:
     env["FLEETWARDEN_DATA_DIR"] = str(data)
     crl_port = _free_port()
     env["FLEETWARDEN_IDENTITY__CRL_PORT"] = str(crl_port)
+    env["FLEETWARDEN_GATEWAY__HOST"] = "127.0.0.1"
+    env["FLEETWARDEN_GATEWAY__PORT"] = str(_free_port())
 
     def fw(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -1,7 +1,8 @@
-"""hawkBit DDI behind real mutual TLS: a device enrolled over EST reaches its controller
-resource with its certificate; another device's resource, no certificate, and a
-revoked certificate are refused (and each refusal is an event). `fleetwarden up` runs
-as a real process; the client is httpx with the device's key and certificate."""
+"""A device enrolled over EST uses its certificate everywhere `fleetwarden up` serves
+devices, with unmodified clients: the managed Mosquitto broker (mosquitto_pub over
+mTLS) and hawkBit DDI (httpx with the device's key). Another device's resources, no
+certificate, and the certificate once revoked are refused, and each refusal is an
+event. `fleetwarden up` runs as a real process on a fresh data directory."""
 
 from __future__ import annotations
 
@@ -32,11 +33,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddi_requires_the_devices_own_valid_certificate(tmp_path: Path) -> None:
+def test_enrolled_device_on_broker_and_ddi(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
     env["FLEETWARDEN_DATA_DIR"] = str(data)
     env["FLEETWARDEN_IDENTITY__CRL_PORT"] = str(_free_port())
+    mqtt_port = _free_port()
+    env["FLEETWARDEN_GATEWAY__HOST"] = "127.0.0.1"
+    env["FLEETWARDEN_GATEWAY__PORT"] = str(mqtt_port)
 
     def fw(*args: str) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(
@@ -102,6 +106,46 @@ def test_ddi_requires_the_devices_own_valid_certificate(tmp_path: Path) -> None:
         mtls = ssl.create_default_context(cafile=root)
         mtls.load_cert_chain(tmp_path / "dev.pem", tmp_path / "dev.key")
 
+        def pub(topic: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    "mosquitto_pub",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(mqtt_port),
+                    "--cafile",
+                    root,
+                    "--cert",
+                    str(tmp_path / "dev.pem"),
+                    "--key",
+                    str(tmp_path / "dev.key"),
+                    "-i",
+                    "dev-1",
+                    "-q",
+                    "1",
+                    "-t",
+                    topic,
+                    "-m",
+                    "hello",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        # the broker compiles its plugin on first start: wait for the listener
+        deadline = time.monotonic() + 90
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", mqtt_port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "broker did not come up"
+            time.sleep(0.2)
+        p = pub("devices/dev-1/telemetry")
+        assert p.returncode == 0, p.stderr
+        # (cross-device denial is proven with subscribers in tests/interop/gateway)
+
         r = httpx.get(f"{base}/DEFAULT/controller/v1/dev-1", verify=mtls)
         assert r.status_code == 200, r.text
         assert "polling" in r.json()["config"]
@@ -122,6 +166,10 @@ def test_ddi_requires_the_devices_own_valid_certificate(tmp_path: Path) -> None:
         r = httpx.get(f"{base}/DEFAULT/controller/v1/dev-1", verify=mtls)
         assert r.status_code == 401
         assert "revoked" in r.json()["detail"]
+        deadline = time.monotonic() + 10  # the gateway refuses within seconds
+        while pub("devices/dev-1/telemetry").returncode == 0:
+            assert time.monotonic() < deadline, "revoked certificate still accepted by the broker"
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
