@@ -43,6 +43,8 @@ class Context:
     app: FastAPI
     #: URLs the running service answers on, printed at start ("API", "OpenAPI", ...)
     urls: dict[str, str] = field(default_factory=dict)
+    #: scheme://host:port of the API listener (https once the fleet CA exists)
+    api_base: str = ""
 
 
 class Component(Protocol):
@@ -179,17 +181,17 @@ async def serve(
     )
     server = uvicorn.Server(config)
     sock = bind_socket(settings.api_host, settings.api_port)
+    port = sock.getsockname()[1]
+    base = ctx.api_base = f"{'https' if tls else 'http'}://{_host(settings.api_host)}:{port}"
+    ctx.urls.update(
+        {"API": f"{base}/v1", "OpenAPI": f"{base}/openapi.json", "Health": f"{base}/health"}
+    )
+    if tls:
+        ctx.urls["EST"] = f"{base}/.well-known/est/"
     try:
         for part in parts:
             await part.start(ctx)
             started.append(part)
-        port = sock.getsockname()[1]
-        base = f"{'https' if tls else 'http'}://{_host(settings.api_host)}:{port}"
-        ctx.urls.update(
-            {"API": f"{base}/v1", "OpenAPI": f"{base}/openapi.json", "Health": f"{base}/health"}
-        )
-        if tls:
-            ctx.urls["EST"] = f"{base}/.well-known/est/"
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serve_task.done():
             await asyncio.sleep(0.02)

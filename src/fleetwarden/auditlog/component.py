@@ -95,9 +95,7 @@ class AuditLogComponent:
         ctx.bus.subscribe(SUBSCRIBER, self.handle)
         ctx.app.state.auditlog = self.log
         self._task = asyncio.create_task(self._checkpoints(), name="auditlog-checkpoints")
-        ctx.urls["Audit log"] = (
-            f"http://{ctx.settings.api_host}:{ctx.settings.api_port}/v1/auditlog"
-        )
+        ctx.urls["Audit log"] = f"{ctx.api_base}/v1/auditlog"
 
     def _queued_behind(self) -> int:
         stats = getattr(self._bus, "stats", None)

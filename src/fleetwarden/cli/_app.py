@@ -131,8 +131,9 @@ def up(
 
     def ready(ctx: Context) -> None:
         console.print(f"fleetwarden {__version__} is up (data: {s.data_dir.resolve()})")
+        width = max((len(label) for label in ctx.urls), default=0)
         for label, url in ctx.urls.items():
-            console.print(f"  {label:<8} {url}")
+            console.print(f"  {label:<{width}}  {url}")
         console.print("press Ctrl-C to stop")
 
     try:

@@ -39,7 +39,7 @@ class FirmwareComponent:
         # Consistent snapshots: every file name is immutable, so plain static serving
         # (here, or any CDN) is correct.
         ctx.app.mount("/tuf", StaticFiles(directory=str(repo.path)), name="tuf")
-        base = f"http://{ctx.settings.api_host}:{ctx.settings.api_port}"
+        base = ctx.api_base
         ctx.urls["TUF"] = f"{base}/tuf/metadata/"
         ctx.urls["DDI"] = f"{base}/{ctx.settings.firmware.ddi_tenant}/controller/v1/"
         self._task = asyncio.create_task(self._run(), name="firmware-tuf-refresh")

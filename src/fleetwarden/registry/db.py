@@ -7,6 +7,7 @@ schema is brought to the newest Alembic revision before use.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from fleetwarden.errors import ConfigError, DatabaseUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Alembic logs plugin set-up and each step at INFO; nobody running the service needs it.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def safe_url(url: str | URL) -> str:
@@ -105,11 +108,7 @@ def migrate(engine: Engine) -> bool:
     """Upgrade the schema to every head; return True when anything was applied."""
     if current_revisions(engine) == schema_heads():
         return False
-    import logging
-
     from alembic import command
 
-    # Alembic logs plugin set-up at INFO; nobody running the service needs that.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     command.upgrade(_alembic_config(engine), "heads")
     return True

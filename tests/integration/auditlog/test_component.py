@@ -49,7 +49,11 @@ def test_bus_events_are_logged_once_and_checkpointed(tmp_path: Path) -> None:
         bus = InProcessBus(queue_size=100)
         comp = AuditLogComponent()
         ctx = SimpleNamespace(
-            settings=settings, bus=bus, app=SimpleNamespace(state=SimpleNamespace()), urls={}
+            settings=settings,
+            bus=bus,
+            app=SimpleNamespace(state=SimpleNamespace()),
+            urls={},
+            api_base="http://127.0.0.1:1",
         )
         await comp.start(ctx)  # type: ignore[arg-type]
         await bus.start()
