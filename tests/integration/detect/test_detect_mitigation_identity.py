@@ -20,7 +20,7 @@ from fleetwarden.detect.mitigation import mitigations
 from fleetwarden.detect.rules import AlertSeverity, MitigationSpec
 from fleetwarden.detect.service import run_mitigation
 from fleetwarden.events import Event
-from fleetwarden.identity.ca import init_ca
+from fleetwarden.identity.ca import FleetCA, init_ca
 from fleetwarden.identity.config import IdentitySettings
 from fleetwarden.identity.service import IdentityService, Issued, TokenAuth, revocation_of
 from fleetwarden.registry import Actor, Registry
@@ -29,11 +29,11 @@ from fleetwarden.registry.schemas import DeviceCreate
 OP = Actor("cli:tester")
 
 
-def _signal(dev: str, action: str, mode: str = "approval") -> Signal:
+def _signal(dev: str, action: str, mode: str = "approval", key: str = "rule:cloned") -> Signal:
     return Signal(
         kind="alarm",
         device_id=dev,
-        key="rule:cloned-cert",
+        key=key,
         start=1_800_000_000,
         severity=AlertSeverity.HIGH,
         title="certificate used from a new network",
@@ -123,20 +123,80 @@ def test_auto_mitigation_without_ca_or_broker_reports_not_wired(registry: Regist
     assert a is not None
     out = run_mitigation(store, mits, a.id, OP)
     assert out.mitigation["state"] == "not_wired" and "no fleet CA" in out.mitigation["detail"]
-    b = store.apply(
-        Signal(
-            kind="alarm",
-            device_id="d1",
-            key="rule:other",
-            start=1_800_000_000,
-            severity=AlertSeverity.HIGH,
-            title="x",
-            evidence={},
-            mitigation=MitigationSpec(action="drop_session", mode="auto"),  # type: ignore[arg-type]
-        )
-    )
+    b = store.apply(_signal("d1", "drop_session", "auto", key="rule:other"))
     assert b is not None
     out = run_mitigation(store, mits, b.id, OP)
     assert out.mitigation["state"] == "not_wired"
     assert "broker is not running" in out.mitigation["detail"]
     assert _revocations(registry) == []
+
+
+def test_api_approve_reaches_the_identity_service_on_app_state(
+    registry: Registry, svc: IdentityService, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from fleetwarden.api import create_app
+    from fleetwarden.registry.schemas import Role, TokenCreate
+    from fleetwarden.settings import load_settings
+
+    _enroll(svc, "d1")
+    store = AlertStore(registry)
+    a = store.apply(_signal("d1", "revoke_certificate"))
+    b = store.apply(_signal("d2", "revoke_certificate"))
+    assert a is not None and b is not None
+    tok = registry.create_token(TokenCreate(name="op", role=Role.OPERATOR), Actor("t"))
+    hdr = {"Authorization": f"Bearer {tok.token}"}
+    bare = create_app(load_settings(tmp_path / "bare"), registry)
+    with TestClient(bare) as c:  # no identity control in this app: says so, acts not
+        r = c.post(f"/v1/alerts/{a.id}/approve", headers=hdr)
+        assert r.status_code == 200 and r.json()["mitigation"]["state"] == "not_wired"
+    assert all(x["status"] != "revoked" for x in svc.certificates("d1"))
+    app = create_app(load_settings(tmp_path / "up"), registry)
+    app.state.identity = svc  # what the identity component does under `up`
+    with TestClient(app) as c:
+        r = c.post(f"/v1/alerts/{a.id}/approve", headers=hdr)
+        assert r.status_code == 200 and r.json()["mitigation"]["state"] == "done"
+        r = c.post(f"/v1/alerts/{b.id}/approve", headers=hdr)  # d2 has no certificate
+        assert r.status_code == 200 and r.json()["mitigation"]["state"] == "failed"
+    assert [x["status"] for x in svc.certificates("d1")] == ["revoked"]
+    (ev,) = _revocations(registry)
+    assert ev.actor is not None and ev.actor.startswith("token:") and a.id in ev.actor
+
+
+def test_cli_approve_revokes_with_the_ca_on_disk(
+    capsys: pytest.CaptureFixture[str], data_dir: Path
+) -> None:
+    from fleetwarden.cli import main
+    from fleetwarden.settings import load_settings
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert run("init")[0] == 0
+    s = load_settings(data_dir)
+    reg = Registry.open(s.effective_database_url)
+    try:
+        reg.add_device(DeviceCreate(id="d1"), OP)
+        store = AlertStore(reg)
+        a = store.apply(_signal("d1", "revoke_certificate"))
+        d = store.apply(_signal("d1", "drop_session", key="rule:other"))
+        assert a is not None and d is not None
+        code, out, _ = run("alerts", "approve", a.id)  # no fleet CA yet
+        assert code == 69 and "not_wired" in out
+        assert run("ca", "init")[0] == 0
+        svc = IdentityService(reg, FleetCA.load(s.data_dir, s.identity))
+        issued = _enroll(svc, "d1")
+        code, out, _ = run("alerts", "approve", a.id)
+        assert code == 0 and "done" in out and issued.serial in out
+        assert [x["status"] for x in svc.certificates("d1")] == ["revoked"]
+        code, out, _ = run("alerts", "approve", d.id)  # the broker is not in this process
+        assert code == 69 and "broker is not running" in out
+    finally:
+        reg.close()
