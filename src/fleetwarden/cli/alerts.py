@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -17,6 +18,11 @@ from fleetwarden.cli._common import (
 )
 from fleetwarden.detect.alerts import AlertStatus, AlertStore, SuppressBody, Verification
 from fleetwarden.detect.rules import AlertSeverity
+
+if TYPE_CHECKING:
+    from fleetwarden.identity.service import IdentityService
+    from fleetwarden.registry import Registry
+    from fleetwarden.settings import Settings
 
 app = typer.Typer(help="Detection alerts (control C9).", no_args_is_help=True)
 
@@ -137,9 +143,12 @@ def approve(alert_id: str) -> None:
     s = settings()
     with registry() as reg:
         store = AlertStore(reg)
+        # Revocation works from here (the fleet CA is on disk; a running `up` relays the
+        # event to the broker); dropping a session needs the broker, so it does not.
+        state = SimpleNamespace(identity=_identity(s, reg))
         a = run_mitigation(
             store,
-            mitigations(reg, s.detect.quarantine_group),
+            mitigations(reg, s.detect.quarantine_group, state=state),
             _full_id(store, alert_id),
             cli_actor(),
         )
@@ -148,3 +157,16 @@ def approve(alert_id: str) -> None:
         console.print(str(a.mitigation["detail"]))
     if a.mitigation.get("state") == "not_wired":
         raise typer.Exit(69)
+    if a.mitigation.get("state") == "failed":
+        raise typer.Exit(1)
+
+
+def _identity(s: Settings, reg: Registry) -> IdentityService | None:
+    from fleetwarden.identity.ca import CaPaths, FleetCA
+    from fleetwarden.identity.service import IdentityService
+    from fleetwarden.identity.tls import manufacturer_cas
+
+    if not CaPaths.of(s.data_dir).exists():
+        return None
+    ca = FleetCA.load(s.data_dir, s.identity)
+    return IdentityService(reg, ca, manufacturer_cas=manufacturer_cas(s.identity))

@@ -203,7 +203,10 @@ class DetectService:
             max_per_window=cfg.max_per_window,
             custom_metrics=cfg.custom_metrics,
         )
-        self.mitigations = mitigations(ctx.registry, cfg.quarantine_group)
+        # identity and gateway are looked up on the app state when a mitigation runs
+        self.mitigations = mitigations(
+            ctx.registry, cfg.quarantine_group, state=ctx.app.state, loop=asyncio.get_running_loop()
+        )
         self.dispatcher = Dispatcher(
             build_sinks(cfg, self.data_dir),
             queue_size=cfg.sink_queue_size,
@@ -380,6 +383,15 @@ def run_mitigation(
     except MitigationNotWiredError as exc:
         return store.set_mitigation(
             alert_id, {"state": "not_wired", "detail": str(exc), "by": actor.name}, actor
+        )
+    except (Error, RuntimeError, ValueError, TimeoutError) as exc:
+        # e.g. no unrevoked certificate, broker unreachable: recorded, retried on approval,
+        # never raised into the ingest path
+        log.warning("detect: mitigation %s for alert %s failed: %s", action, alert_id, exc)
+        return store.set_mitigation(
+            alert_id,
+            {"state": "failed", "detail": f"{type(exc).__name__}: {exc}", "by": actor.name},
+            actor,
         )
     return store.set_mitigation(
         alert_id, {"state": "done", "detail": what, "by": actor.name}, actor

@@ -217,6 +217,7 @@ class Gateway:
             self._on_device_change,
             classes=[EventClass.DEVICE_CONFIG_STATE_CHANGE, EventClass.API_ACTIVITY],
         )
+        ctx.app.state.gateway = self  # other controls (detect's drop_session) act through it
         host = gs.host if gs.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         ctx.urls["MQTT (mTLS)"] = f"mqtts://{host}:{self.port}"
 
@@ -252,6 +253,15 @@ class Gateway:
                 await asyncio.to_thread(self._write_revoked)
         if canon is None:
             self._policy_dirty.set()
+
+    async def drop_session(self, device_id: str) -> None:
+        """Drop the device's live session without revoking anything (``kick`` on the
+        control channel); the device may reconnect and meets the current policy."""
+        if not device_id or any(c in device_id for c in "\t\n\r"):
+            raise ValueError(f"not a device id: {device_id!r}")
+        if self._client is None:
+            raise RuntimeError("the gateway's control client is not running")
+        await self._control(f"kick\t{device_id}")
 
     async def _on_device_change(self, event: Event) -> None:
         if event.class_uid == EventClass.API_ACTIVITY:

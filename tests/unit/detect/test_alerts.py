@@ -114,7 +114,7 @@ def test_api_rules_round_trip(registry: Registry) -> None:
         store.delete_rule("auth", OP)
 
 
-def test_quarantine_mitigation_and_unwired_hooks(registry: Registry) -> None:
+def test_quarantine_mitigation_and_absent_services(registry: Registry) -> None:
     registry.add_device(DeviceCreate(device_id="d1"), OP)  # type: ignore[call-arg]
     store = AlertStore(registry)
     mits = mitigations(registry)
@@ -126,7 +126,7 @@ def test_quarantine_mitigation_and_unwired_hooks(registry: Registry) -> None:
     b = store.apply(sig(key="rule:x", mitigation=MitigationSpec(action="revoke_certificate")))
     assert b is not None
     out = run_mitigation(store, mits, b.id, OP)
-    assert out.mitigation["state"] == "not_wired" and "identity" in out.mitigation["detail"]
+    assert out.mitigation["state"] == "not_wired" and "no fleet CA" in out.mitigation["detail"]
     c = store.apply(sig(key="rule:y", mitigation=MitigationSpec(action="drop_session")))
     assert run_mitigation(store, mits, c.id, OP).mitigation["state"] == "not_wired"  # type: ignore[union-attr]
     plain = store.apply(sig(key="baseline:volume"))

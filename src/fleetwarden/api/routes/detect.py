@@ -92,9 +92,17 @@ def approve(request: Request, alert_id: str, who: Writer) -> AlertOut:
     """Approve (run) the mitigation the alert's rule declared."""
     registry = registry_of(request)
     settings = request.app.state.settings
+    svc = _service(request)
+    # Under `up`, the detection control's mitigations reach the identity service and the
+    # gateway; a bare API app still finds the identity service on its state.
+    available = (
+        svc.mitigations
+        if svc is not None and svc.mitigations
+        else mitigations(registry, settings.detect.quarantine_group, state=request.app.state)
+    )
     return run_mitigation(
         AlertStore(registry),
-        mitigations(registry, settings.detect.quarantine_group),
+        available,
         alert_id,
         who.actor(client_ip(request)),
     )
