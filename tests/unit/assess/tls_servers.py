@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,7 +64,9 @@ class Server:
         ctx.load_cert_chain(cert, key)
         if ciphers:
             ctx.set_ciphers(ciphers)
-        ctx.minimum_version = minimum
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = minimum
         if require_client_cert:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(ca or cert)

@@ -26,13 +26,17 @@ import ipaddress
 import re
 import socket
 import ssl
+import warnings
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from fleetwarden.assess.evidence.types import ProbeCert, TlsProbe
+
+if TYPE_CHECKING:
+    from fleetwarden.assess.evidence import Evidence
 
 TIMEOUT = 3.0
 #: the TLS 1.3 read waiting for a certificate-required alert: a server that accepted the
@@ -65,7 +69,8 @@ WEAK_CIPHERS: dict[str, str] = {
     "anonymous DH/ECDH": "aNULL:!eNULL",
 }
 
-_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")  # fmt: skip
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _WEAK_HASHES = {"md5", "sha1", "md2", "md4"}
 
 #: OpenSSL reasons meaning "the server refused this protocol version"
@@ -103,7 +108,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            if not _HOST.match(host) or host.replace(".", "").isdigit():
+            if not _HOST.fullmatch(host) or host.replace(".", "").isdigit():
                 raise ValueError(f"bad host in {s[:80]!r}") from None
     port = int(port_s)
     if not 1 <= port <= 65535:
@@ -118,8 +123,11 @@ def _context(version: ssl.TLSVersion | None, ciphers: str = "ALL:@SECLEVEL=0") -
     # SECLEVEL=0 lets the client side offer legacy versions and suites at all
     ctx.set_ciphers(ciphers)
     if version is not None:
-        ctx.minimum_version = version
-        ctx.maximum_version = version
+        with warnings.catch_warnings():
+            # offering deprecated versions is the point of the probe
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = version
+            ctx.maximum_version = version
     else:
         ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     return ctx
@@ -134,7 +142,9 @@ class _Seen:
         if hasattr(ctx, "_msg_callback"):
             ctx._msg_callback = self._cb
 
-    def _cb(self, conn: Any, direction: str, version: Any, ctype: Any, mtype: Any, data: Any) -> None:
+    def _cb(
+        self, conn: Any, direction: str, version: Any, ctype: Any, mtype: Any, data: Any
+    ) -> None:
         if direction != "read" or getattr(ctype, "name", "") != "HANDSHAKE":
             return
         name = getattr(mtype, "name", "")
@@ -319,7 +329,9 @@ def parse_cert(der: bytes, now: datetime) -> ProbeCert:
     )
 
 
-def probe_all(endpoints: list[str], now: datetime | None = None) -> tuple[list[TlsProbe], list[str]]:
+def probe_all(
+    endpoints: list[str], now: datetime | None = None
+) -> tuple[list[TlsProbe], list[str]]:
     """Probe up to :data:`MAX_ENDPOINTS` distinct endpoints, in order; notes for the rest."""
     seen: list[str] = []
     for e in endpoints:
@@ -330,3 +342,16 @@ def probe_all(endpoints: list[str], now: datetime | None = None) -> tuple[list[T
         notes.append(f"probe: {len(seen) - MAX_ENDPOINTS} endpoints over the cap of "
                      f"{MAX_ENDPOINTS} not probed")  # fmt: skip
     return [probe(e, now) for e in seen[:MAX_ENDPOINTS]], notes
+
+
+def collect_probes(ev: Evidence, endpoints: list[str]) -> Evidence:
+    """Probe ``endpoints`` into ``ev`` (kind ``tls_probe``, present once anything was asked)."""
+    if not endpoints:
+        return ev
+    probes, notes = probe_all(endpoints, ev.now)
+    ev.tls_probes.extend(probes)
+    ev.notes.extend(notes)
+    down = sum(1 for p in probes if not p.reachable)
+    ev.notes.append(f"probe: {len(probes)} TLS endpoints probed, {down} not reachable or invalid")
+    ev.present.add("tls_probe")
+    return ev
