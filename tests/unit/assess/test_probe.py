@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,13 +44,13 @@ def _status(a: Assessment) -> dict[str, str]:
 
 
 @pytest.fixture
-def closed_port() -> Iterator[int]:
+def closed_port() -> int:
     # bind then close: nothing listens there afterwards
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    yield port
+    return port
 
 
 def test_mtls_tls12_plus_passes(certs: dict[str, tuple[Path, Path]]) -> None:
