@@ -8,15 +8,24 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tls_servers import Server, write_cert
 
 from fleetwarden.assess.checks import by_id
 from fleetwarden.assess.engine import Assessment, assess
 from fleetwarden.assess.evidence import Evidence, collect
-from fleetwarden.assess.evidence.probe import collect_probes, parse_endpoint, probe
+from fleetwarden.assess.evidence.probe import (
+    _leaf,
+    collect_probes,
+    parse_cert,
+    parse_endpoint,
+    probe,
+)
 from fleetwarden.cli import main
 
 PROBE_CHECKS = (
@@ -62,12 +71,34 @@ def test_mtls_tls12_plus_passes(certs: dict[str, tuple[Path, Path]]) -> None:
     assert p.versions["TLSv1.0"] in {"refused", "unknown"}
     assert p.certificate is not None and p.certificate.key_type == "EC secp256r1"
     assert p.certificate.self_signed and not p.certificate.expired
-    st = _status(a)
-    assert st["transport_probe_client_cert_not_required"] == "PASS"
-    assert st["transport_probe_weak_ciphers_accepted"] == "PASS"
-    assert st["transport_probe_certificate_invalid"] == "PASS"
+    res = _status(a)
+    assert res["transport_probe_client_cert_not_required"] == "PASS"
+    assert res["transport_probe_weak_ciphers_accepted"] == "PASS"
+    assert res["transport_probe_certificate_invalid"] == "PASS"
     # PASS, or MANUAL when the local OpenSSL cannot offer TLS 1.0/1.1 at all; never FAIL
-    assert st["transport_probe_old_tls_accepted"] in {"PASS", "MANUAL"}
+    assert res["transport_probe_old_tls_accepted"] in {"PASS", "MANUAL"}
+
+
+def test_mtls_tls12_only_reads_certificate_from_the_handshake(
+    certs: dict[str, tuple[Path, Path]],
+) -> None:
+    # TLS 1.2 mTLS servers abort the handshake: the certificate comes from its message
+    with Server(*certs["expired"], require_client_cert=True, maximum=ssl.TLSVersion.TLSv1_2) as s:
+        p = probe(s.endpoint)
+        a = _run(s.endpoint)
+    assert p.client_cert == "required"
+    assert p.versions["TLSv1.2"] == "accepted" and p.versions["TLSv1.3"] == "refused"
+    assert p.certificate is not None and p.certificate.expired
+    res = _status(a)
+    assert res["transport_probe_client_cert_not_required"] == "PASS"
+    assert res["transport_probe_certificate_invalid"] == "FAIL"
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_certificate_message_parser_never_raises(data: bytes, tls13: bool) -> None:
+    der = _leaf(data, tls13=tls13)
+    if der is not None:
+        parse_cert(der, datetime.now(UTC))  # returns an error record on garbage
 
 
 def test_no_client_certificate_fails_with_m3(certs: dict[str, tuple[Path, Path]]) -> None:

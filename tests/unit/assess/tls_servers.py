@@ -59,6 +59,7 @@ class Server:
         ca: Path | None = None,
         minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
         ciphers: str | None = None,
+        maximum: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
     ) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
@@ -67,6 +68,7 @@ class Server:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             ctx.minimum_version = minimum
+            ctx.maximum_version = maximum
         if require_client_cert:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(ca or cert)

@@ -139,6 +139,9 @@ class _Seen:
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self.server_hello = False
         self.cert_request = False
+        #: the server's leaf certificate from its Certificate message, for handshakes that
+        #: fail later (TLS 1.2 with a client certificate required) where getpeercert cannot
+        self.der: bytes | None = None
         if hasattr(ctx, "_msg_callback"):
             ctx._msg_callback = self._cb
 
@@ -152,6 +155,24 @@ class _Seen:
             self.server_hello = True
         elif name == "CERTIFICATE_REQUEST":
             self.cert_request = True
+        elif name == "CERTIFICATE" and self.der is None and isinstance(data, bytes):
+            self.der = _leaf(data, tls13=getattr(version, "name", "") == "TLSv1_3")
+
+
+def _leaf(msg: bytes, *, tls13: bool) -> bytes | None:
+    """The first certificate of a Certificate handshake message (RFC 5246 7.4.2 /
+    RFC 8446 4.4.2): type(1) length(3) [context(1+n) in 1.3] list(3) cert(3) DER."""
+    i = 4
+    if tls13:
+        if len(msg) < 5:
+            return None
+        i += 1 + msg[4]
+    i += 3  # certificate_list length
+    if len(msg) < i + 3:
+        return None
+    n = int.from_bytes(msg[i : i + 3], "big")
+    der = msg[i + 3 : i + 3 + n]
+    return der if n and len(der) == n else None
 
 
 class _Attempt:
@@ -198,6 +219,8 @@ def _attempt(host: str, port: int, ctx: ssl.SSLContext, *, read_alert: bool = Fa
         a.reason = f"{type(exc).__name__}"
     finally:
         raw.close()
+    if a.der is None and a.seen is not None and a.seen.der is not None:
+        a.der = a.seen.der
     return a
 
 
