@@ -67,6 +67,7 @@ KINDS = frozenset(
         "policy",
         "docs",
         "blocklist",
+        "tls_probe",
     }
 )
 

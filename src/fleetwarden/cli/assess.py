@@ -25,6 +25,20 @@ def command(
     ] = None,
     no_pdf: Annotated[bool, typer.Option("--no-pdf", help="Skip report.pdf.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    probe_tls: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--probe-tls",
+            metavar="HOST:PORT",
+            help="Probe this TLS endpoint live (repeatable; off by default).",
+        ),
+    ] = None,
+    probe_policy: Annotated[
+        bool,
+        typer.Option(
+            "--probe-policy", help="Also probe the bundle's policy.toml [probes] tls_endpoints."
+        ),
+    ] = False,
 ) -> None:
     """Assess EVIDENCE_DIR (and/or the registry with --live); write reports to --out."""
     from fleetwarden.assess.engine import assess as run
@@ -65,6 +79,16 @@ def command(
                 collect_live(reg, ev)
             finally:
                 reg.close()
+        endpoints = list(probe_tls or [])
+        if probe_policy and ev.policy is not None:
+            endpoints += ev.policy.tls_endpoints
+        if endpoints:
+            from fleetwarden.assess.evidence.probe import collect_probes
+
+            bar.update(task, description=f"probing {len(endpoints)} TLS endpoints")
+            collect_probes(ev, endpoints)
+        elif probe_policy:
+            ev.notes.append("probe: --probe-policy given but policy.toml lists no tls_endpoints")
         checking = bar.add_task("running checks", total=1)
         a = run(ev, lambda i, n: bar.update(checking, completed=i, total=n))
         if previous is not None:

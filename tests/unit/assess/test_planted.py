@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetwarden.assess.checks import by_id
 from fleetwarden.assess.engine import Assessment, assess
 from fleetwarden.assess.evidence import collect
 
@@ -95,7 +96,10 @@ def test_nothing_unplanted_fails_in_dirty_bundle(dirty: Assessment) -> None:
 
 def test_clean_bundle_has_no_failure_and_no_manual(clean: Assessment) -> None:
     assert [(f.check_id, f.resources) for f in clean.failing] == []
-    assert [f.check_id for f in clean.findings if f.status == "MANUAL"] == []
+    # the live TLS probe is opt-in (--probe-tls): without it its checks are MANUAL, by design
+    manual = [f for f in clean.findings if f.status == "MANUAL"]
+    assert [f.check_id for f in manual if "tls_probe" not in by_id()[f.check_id].meta.needs] == []
+    assert all("missing evidence: tls_probe" in f.details["evidence"] for f in manual)
     assert clean.danger is False
     assert all(v["status"] == "pass" for v in clean.controls.values())
     assert all(not v["present"] for v in clean.mistakes.values())

@@ -1,14 +1,14 @@
-"""C2 mutual TLS at the broker, and M3 public APN without mutual TLS."""
+"""C2 mutual TLS at the broker, M3 public APN without mutual TLS, and the live TLS probe."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fleetwarden.assess.checks import check
 from fleetwarden.assess.checks._util import device_checks, status
 from fleetwarden.assess.evidence import Evidence
-from fleetwarden.assess.evidence.types import Broker, Device, Listener
-from fleetwarden.assess.model import Result
+from fleetwarden.assess.evidence.types import Broker, Device, Listener, TlsProbe
+from fleetwarden.assess.model import MANUAL, Result
 
 LOCAL = {"127.0.0.1", "::1", "localhost"}
 
@@ -194,3 +194,149 @@ def transport_public_apn_without_mtls(ev: Evidence) -> Iterator[Result]:
         return status(not open_listener, d.id, "public APN, broker without mTLS")
 
     yield from device_checks(ev, test)
+
+
+# --- live TLS probe (evidence/probe.py, --probe-tls): results per probed endpoint ---
+
+
+def _probes(ev: Evidence, test: Callable[[TlsProbe], Result]) -> Iterator[Result]:
+    """Run ``test`` on every probed endpoint; an unprobed one is MANUAL, never FAIL."""
+    for p in ev.tls_probes:
+        if not p.reachable:
+            yield MANUAL(p.endpoint, p.error or "not probed")
+        else:
+            yield test(p)
+
+
+@check(
+    title="Probed TLS endpoint does not require a client certificate",
+    severity="high",
+    rationale="The live probe completed a TLS session without presenting any client "
+    "certificate: the endpoint authenticates itself but not the device (no mutual TLS); "
+    "on a device-facing endpoint this is mistake M3's open door.",
+    remediation="Require client certificates issued by the device CA on this endpoint "
+    "(mosquitto: require_certificate true; OpenSSL: SSL_VERIFY_PEER | "
+    "SSL_VERIFY_FAIL_IF_NO_PEER_CERT).",
+    effort="M",
+    needs=("tls_probe",),
+    controls=("C2",),
+    mistakes=("M3",),
+    owasp=("I3", "I7"),
+    etsi=("5.5-1", "5.5-5"),
+    cra=("I(d)", "I(e)", "I(f)"),
+    nistir=("LA", "DP"),
+    task="mtls_everywhere",
+    scope="fleet",
+)
+def transport_probe_client_cert_not_required(ev: Evidence) -> Iterator[Result]:
+    def test(p: TlsProbe) -> Result:
+        if p.client_cert == "unknown":
+            return MANUAL(p.endpoint, "; ".join(p.notes) or "client authentication undetermined")
+        return status(p.client_cert == "required", p.endpoint, "no client certificate needed")
+
+    yield from _probes(ev, test)
+
+
+@check(
+    title="Probed TLS endpoint accepts TLS 1.0 or 1.1",
+    severity="medium",
+    rationale="TLS 1.0 and 1.1 are deprecated (RFC 8996); the live probe completed a "
+    "handshake with one of them.",
+    remediation="Set the endpoint's minimum protocol version to TLS 1.2 (mosquitto: "
+    "tls_version tlsv1.2).",
+    effort="S",
+    needs=("tls_probe",),
+    controls=("C2",),
+    owasp=("I7",),
+    etsi=("5.5-1",),
+    cra=("I(e)", "I(f)"),
+    nistir=("DP",),
+    task="mtls_everywhere",
+    scope="fleet",
+)
+def transport_probe_old_tls_accepted(ev: Evidence) -> Iterator[Result]:
+    def test(p: TlsProbe) -> Result:
+        old = [v for v in ("TLSv1.0", "TLSv1.1") if p.versions.get(v) == "accepted"]
+        if old:
+            return status(False, p.endpoint, f"accepts {', '.join(old)}")
+        unknown = [v for v in ("TLSv1.0", "TLSv1.1") if p.versions.get(v) != "refused"]
+        if unknown:
+            return MANUAL(
+                p.endpoint, f"not determined (local OpenSSL or error): {', '.join(unknown)}"
+            )
+        return status(True, p.endpoint)
+
+    yield from _probes(ev, test)
+
+
+@check(
+    title="Probed TLS endpoint accepts weak cipher suites",
+    severity="medium",
+    rationale="NULL, export, RC4, DES/3DES and anonymous (unauthenticated) DH/ECDH suites "
+    "are broken; the live probe negotiated one of them on TLS 1.2.",
+    remediation="Restrict the endpoint's cipher list to AEAD suites with ECDHE (or leave "
+    "the OpenSSL default).",
+    effort="S",
+    needs=("tls_probe",),
+    controls=("C2",),
+    owasp=("I7",),
+    etsi=("5.5-1",),
+    cra=("I(e)", "I(f)"),
+    nistir=("DP",),
+    task="mtls_everywhere",
+    scope="fleet",
+)
+def transport_probe_weak_ciphers_accepted(ev: Evidence) -> Iterator[Result]:
+    def test(p: TlsProbe) -> Result:
+        weak = [f for f, r in p.weak_ciphers.items() if r.startswith("accepted")]
+        if weak:
+            return status(False, p.endpoint, f"accepts {', '.join(weak)}")
+        if p.versions.get("TLSv1.2") != "accepted":
+            return status(True, p.endpoint)  # no TLS 1.2 at all: nothing weak to offer
+        if all(r == "error" for r in p.weak_ciphers.values()):
+            return MANUAL(p.endpoint, "weak-suite handshakes failed with network errors")
+        return status(True, p.endpoint)
+
+    yield from _probes(ev, test)
+
+
+@check(
+    title="Probed TLS endpoint serves a bad certificate",
+    severity="high",
+    rationale="An expired or not-yet-valid certificate, an RSA key under 2048 bits (EC under "
+    "256), or an MD5/SHA-1 signature lets devices either fail to connect or be taught to "
+    "accept anything.",
+    remediation="Reissue the endpoint certificate from the fleet CA: RSA >= 2048 or EC "
+    "P-256, SHA-256 signature, and renew it before it expires.",
+    effort="S",
+    needs=("tls_probe",),
+    controls=("C2",),
+    owasp=("I3", "I7"),
+    etsi=("5.5-1",),
+    cra=("I(d)", "I(e)"),
+    nistir=("DP",),
+    task="mtls_everywhere",
+    scope="fleet",
+)
+def transport_probe_certificate_invalid(ev: Evidence) -> Iterator[Result]:
+    def test(p: TlsProbe) -> Result:
+        c = p.certificate
+        if c is None:
+            return MANUAL(p.endpoint, "server certificate not read")
+        if c.error:
+            return MANUAL(p.endpoint, c.error)
+        bad = []
+        if c.expired:
+            bad.append(f"expired {-c.days_left} days ago")
+        if c.not_yet_valid:
+            bad.append("not yet valid")
+        rsa_like = c.key_type in {"RSA", "DSA"}
+        if (rsa_like and c.key_bits < 2048) or (not rsa_like and 0 < c.key_bits < 256):
+            bad.append(f"{c.key_type} {c.key_bits}-bit key")
+        if c.weak_signature:
+            bad.append(f"{c.signature_hash} signature")
+        if bad and c.self_signed:
+            bad.append("self-signed")
+        return status(not bad, p.endpoint, ", ".join(bad))
+
+    yield from _probes(ev, test)

@@ -31,6 +31,7 @@ from fleetwarden.assess.evidence.types import (
     OsvRecord,
     Policy,
     Sbom,
+    TlsProbe,
     VlanRow,
 )
 
@@ -68,6 +69,8 @@ class Evidence:
     policy: Policy | None = None
     docs: DocSet = field(default_factory=DocSet)
     blocklist: set[str] = field(default_factory=set)
+    #: live TLS probes (evidence/probe.py), only when asked for; kind "tls_probe"
+    tls_probes: list[TlsProbe] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

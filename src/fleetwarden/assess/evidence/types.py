@@ -245,3 +245,41 @@ class DocSet:
     incident_plans: list[IncidentPlan] = field(default_factory=list)
     disclosure_policies: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProbeCert:
+    """The server certificate a TLS probe read (verification off)."""
+
+    subject: str = ""
+    issuer: str = ""
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    expired: bool = False
+    not_yet_valid: bool = False
+    days_left: int = 0
+    self_signed: bool = False
+    key_type: str = ""
+    key_bits: int = 0
+    signature_hash: str = ""
+    weak_signature: bool = False
+    error: str = ""
+
+
+@dataclass
+class TlsProbe:
+    """One endpoint's live TLS probe (evidence/probe.py).
+
+    ``versions`` and ``weak_ciphers`` map a name to accepted / refused / unknown / error;
+    ``client_cert`` is required / not required / unknown; ``error`` is set (and
+    ``reachable`` False) when the endpoint could not be probed at all.
+    """
+
+    endpoint: str
+    reachable: bool = False
+    error: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    weak_ciphers: dict[str, str] = field(default_factory=dict)
+    client_cert: str = "unknown"
+    certificate: ProbeCert | None = None
+    notes: list[str] = field(default_factory=list)
