@@ -53,21 +53,6 @@ MAX_FIELD = 64 * 1024
 MAX_LINE = 256 * 1024
 #: inputs at least this large are validated by worker processes (when cores allow)
 PARALLEL_BYTES = 8 << 20
-KNOWN = {
-    "device_id",
-    "model",
-    "hardware_revision",
-    "risk_class",
-    "sector",
-    "firmware_version",
-    "key_storage",
-    "apn",
-    "ip",
-    "ip_fixed",
-    "allowed_cidrs",
-    "vlan",
-    "groups",
-}
 #: devices columns in the order the bulk writers send them
 COLUMNS = (
     "id",
@@ -87,13 +72,16 @@ COLUMNS = (
     "created_at",
     "updated_at",
 )
+#: the import columns: the devices columns a user sets, named as in the API, plus groups
+KNOWN = frozenset(
+    {"device_id", "groups"}
+    | set(COLUMNS) - {"id", "status", "attributes", "created_at", "updated_at"}
+)
 LIST_COLUMNS = {"allowed_cidrs", "groups"}
 BOOL_COLUMNS = {"ip_fixed"}
 FORMATS = {"csv", "jsonl"}
 
 Progress = Callable[[int], None]
-#: a record from the reader: (line, CSV cells | JSON text | problem)
-Record = tuple[int, "list[str] | str", bool]
 #: a validated row: (line, device id, row values without timestamps -- or, for
 #: PostgreSQL, the row as one line of COPY text --, group names)
 Valid = tuple[int, str, "tuple[Any, ...] | str", list[str]]
