@@ -47,8 +47,11 @@ def _round(
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
+    # Kill only once the writer has acknowledged appends AND published a checkpoint, so
+    # every round checks both against the crash (a fast machine can otherwise be killed
+    # before its first checkpoint is signed).
     deadline = time.monotonic() + 30
-    while not acks and time.monotonic() < deadline and proc.poll() is None:
+    while (not acks or not notes) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert acks, proc.stderr.read() if proc.stderr else "writer produced nothing"
     time.sleep(seconds)
