@@ -172,6 +172,7 @@ class Pkcs11Key:
     ) -> None:
         self._session, self._lock = session
         self._private = private
+        self._public_obj = public
         self._pub_der = _pkcs11_public_der(public)
         self.algorithm = algorithm
         loaded = serialization.load_der_public_key(self._pub_der)
@@ -289,6 +290,15 @@ class Pkcs11Key:
 
         with self._lock:
             return self._private[getattr(Attribute, name)]
+
+    def destroy(self) -> None:
+        """Delete the key pair from the token (a rotated-out device key)."""
+        with self._lock:
+            try:
+                self._private.destroy()
+                self._public_obj.destroy()
+            except Exception as exc:
+                raise KeyBackendError(f"cannot delete the key from the token: {exc!r}") from exc
 
     def close(self) -> None:
         """Keys share their token's session (see :meth:`_open`); nothing to release."""
