@@ -133,6 +133,10 @@ class Agent:
         label = self.token_keys.get("current")
         if not label:
             raise AgentError("no current token key is recorded: enrol again")
+        # python-pkcs11 first: it refuses a module that another library in this process
+        # initialised (the engine tolerates it), and it checks PIN, token and key label
+        # with its own clear errors.
+        self._token_backend(label, generate=False)
         ctx = self._tls()
         try:
             use_token_key(ctx, self.cert_path, self._token_key(label))

@@ -201,8 +201,13 @@ class Pkcs11Key:
                 except pkcs11.UserAlreadyLoggedIn:
                     session = token.open(rw=True)
             except Exception as exc:  # python-pkcs11 raises many unrelated types
+                hint = ""
+                if type(exc).__name__ in ("PinIncorrect", "PinLenRange", "PinInvalid"):
+                    hint = " (wrong PIN)"
+                elif type(exc).__name__ == "NoSuchToken":
+                    hint = " (no such token)"
                 raise KeyBackendError(
-                    f"cannot open PKCS#11 token {token_label!r} via {module}: {exc!r}"
+                    f"cannot open PKCS#11 token {token_label!r} via {module}{hint}: {exc!r}"
                 ) from exc
             _SESSIONS[key] = (session, threading.Lock())
             return _SESSIONS[key]

@@ -71,7 +71,7 @@ class TokenKey:
     """Where a TLS client key lives: a PKCS#11 module, a token label and a key label.
 
     ``engine`` is an OpenSSL engine id (looked up in OpenSSL's engines directory) or the
-    path of an engine shared object. ``pin`` is kept out of ``repr``.
+    absolute path of an engine shared object. ``pin`` is kept out of ``repr``.
     """
 
     module: Path
@@ -211,7 +211,7 @@ def _engine(lib: _OpenSSL, engine: str, module: Path) -> int:
                 f"a key from {module} needs another process"
             )
         return ptr
-    if "/" in engine:
+    if Path(engine).is_absolute():
         so_path = Path(engine)
         where = str(so_path)
     elif _ENGINE_ID.fullmatch(engine):

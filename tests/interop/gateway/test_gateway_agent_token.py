@@ -190,25 +190,51 @@ def test_token_key_agent_publishes_reconnects_and_is_kicked(
         agent.close()
 
 
-def test_token_key_agent_wrong_pin_is_a_clear_error(harness: Harness, tmp_path: Path) -> None:
-    h = harness
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"pin": "9999"}, "cannot log in to token 'gwdev' (wrong or missing PIN)"),
+        ({"pin": ""}, "no PIN was given"),
+        ({"token_label": "nope"}, "cannot load key 'gw-tok-2' on token 'nope'"),
+        ({"key_label": "nope"}, "cannot load key 'nope' on token 'gwdev'"),
+        ({"engine": "nosuchengine"}, "OpenSSL engine 'nosuchengine' is not installed"),
+        ({"engine": "/nonexistent/engine.so"}, "is not installed (no engine.so in /nonexistent"),
+        ({"module": "/nonexistent/module.so"}, "PKCS#11 module /nonexistent/module.so does not"),
+        (
+            {"module": "/usr/lib/x86_64-linux-gnu/libz.so.1"},
+            "cannot load the PKCS#11 module /usr/lib/x86_64-linux-gnu/libz.so.1",
+        ),
+        ({"cert": "other"}, "does not match the token key 'gw-tok-2' on token 'gwdev'"),
+    ],
+)
+def test_token_key_failures_are_clear_errors(
+    pki: Any, tmp_path: Path, change: dict[str, str], expected: str
+) -> None:
+    """Each way the token key can be unusable stops the agent before any connection,
+    with the reason; the PIN never appears."""
     env = _token(tmp_path)
     pub = _keygen(env, "gw-tok-2")
-    issued = h.pki.device_for_public_key("gw-tok-2", pub)
+    issued = pki.device_for_public_key("gw-tok-2", pub)
+    cert = issued.cert_path
+    if change.get("cert") == "other":
+        cert = pki.device("gw-tok-other").cert_path  # a certificate for another key
+    if "pin" in change:
+        env = {**env, "FLEETWARDEN_PKCS11_PIN": change["pin"]}
     agent = TokenAgent(
-        {**env, "FLEETWARDEN_PKCS11_PIN": "9999"},
+        env,
         device_id="gw-tok-2",
-        port=h.port,
-        ca_file=h.pki.chain_path,
-        cert_file=issued.cert_path,
-        module=MODULE,
-        token_label="gwdev",
-        key_label="gw-tok-2",
+        port=1,
+        ca_file=pki.chain_path,
+        cert_file=cert,
+        module=change.get("module", MODULE),
+        token_label=change.get("token_label", "gwdev"),
+        key_label=change.get("key_label", "gw-tok-2"),
+        engine=change.get("engine", "pkcs11"),
     )
     try:
         err = agent.first.get("error", "")
-        assert "cannot log in to token 'gwdev'" in err and "wrong or missing PIN" in err
-        assert "9999" not in err and PIN not in err
+        assert expected in err, agent.first
+        assert PIN not in err and "9999" not in err
         assert agent.proc.wait(10) == 2
     finally:
         agent.close()
