@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,5 +239,117 @@ def test_token_key_failures_are_clear_errors(
         assert expected in err, agent.first
         assert PIN not in err and "9999" not in err
         assert agent.proc.wait(10) == 2
+    finally:
+        agent.close()
+
+
+TPM_MODULE = Path("/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so")
+
+
+def _free_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.fixture
+def tpm_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A TPM 2.0 (swtpm) exposed as a PKCS#11 token by tpm2-pkcs11."""
+    if not (TPM_MODULE.exists() and shutil.which("swtpm") and shutil.which("pkcs11-tool")):
+        pytest.fail("needs swtpm, libtpm2-pkcs11-1 and opensc (.ci/apt/gateway.txt)")
+    (tmp_path / "tpm").mkdir()
+    (tmp_path / "store").mkdir()
+    port = _free_pair()
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tmp_path / 'tpm'}"]
+        + ["--server", f"type=tcp,port={port},bindaddr=127.0.0.1"]
+        + ["--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"]
+        + ["--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield {
+            **os.environ,
+            "TPM2_PKCS11_STORE": str(tmp_path / "store"),
+            "TPM2_PKCS11_TCTI": f"swtpm:host=127.0.0.1,port={port}",
+            "FLEETWARDEN_PKCS11_PIN": PIN,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_tpm_key_through_tpm2_pkcs11_connects(
+    harness: Harness, tpm_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The same path with the key inside a TPM: tpm2-pkcs11 makes the TPM a PKCS#11
+    token, the key pair is created in the TPM (OpenSC pkcs11-tool), and the handshake
+    is signed there."""
+    h = harness
+
+    def tool(*a: str) -> str:
+        p = subprocess.run(
+            ["pkcs11-tool", "--module", str(TPM_MODULE), *a],
+            env=tpm_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    tool("--init-token", "--label", "tpmdev", "--so-pin", "86420")
+    tool("--token-label", "tpmdev", "--login", "--login-type", "so", "--so-pin", "86420",
+         "--init-pin", "--pin", PIN)  # fmt: skip
+    tool("--token-label", "tpmdev", "--login", "--pin", PIN, "--keypairgen",
+         "--key-type", "EC:prime256v1", "--label", "gw-tpm-1", "--id", "01")  # fmt: skip
+    listing = tool("--token-label", "tpmdev", "--login", "--pin", PIN, "--list-objects",
+                   "--type", "privkey")  # fmt: skip
+    assert "sensitive, always sensitive, never extractable" in listing, listing
+    tool("--token-label", "tpmdev", "--read-object", "--type", "pubkey", "--id", "01",
+         "-o", str(tmp_path / "pub.der"))  # fmt: skip
+    pub = load_der_public_key((tmp_path / "pub.der").read_bytes())
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    h.add_device("gw-tpm-1")
+    issued = h.pki.device_for_public_key("gw-tpm-1", pub)
+    h.reload()
+    agent = TokenAgent(
+        tpm_env,
+        device_id="gw-tpm-1",
+        port=h.port,
+        ca_file=h.pki.chain_path,
+        cert_file=issued.cert_path,
+        module=TPM_MODULE,
+        token_label="tpmdev",
+        key_label="gw-tpm-1",
+    )
+    try:
+        assert agent.first == {"started": True}, agent.first
+        assert agent.wait(lambda s: s["connected"])["connected"]
+        assert agent.ask("publish") == {"published": True}
+        time.sleep(0.6)
+        h.run(h.gateway.flush_metrics_now())
+        recs = [
+            e.data["unmapped"]["fleetwarden_metrics"]
+            for e in h.events
+            if e.class_uid == EventClass.NETWORK_ACTIVITY and e.device_uid == "gw-tpm-1"
+        ]
+        assert sum(r["messages_sent"] for r in recs) == 1
     finally:
         agent.close()
