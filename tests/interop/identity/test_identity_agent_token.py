@@ -170,6 +170,30 @@ def test_token_agent_enrols_and_renews_over_mtls_with_the_token_key(
     assert spki(cert2.public_key()).hex() == keys[label2]["pub"]
     no_key_files(state)
 
+    # a renewal that fails after the new key was made keeps the current identity; the
+    # next renewal deletes the orphaned key and rotates as usual
+    raw = json.loads((state / "agent.json").read_text())
+    server = raw["config"]["server"]
+    raw["config"]["server"] = "https://localhost:1"
+    (state / "agent.json").write_text(json.dumps(raw))
+    p = agent(fleet, token_env, state, "renew", "--force")
+    assert p.returncode == 75, p.stdout + p.stderr
+    assert (state / "cert.pem").read_bytes() == cert2.public_bytes(serialization.Encoding.PEM)
+    p = agent(fleet, token_env, state, "status", "--json")
+    st3 = json.loads(p.stdout)
+    assert st3["renewal_in_flight"] and st3["token_key_label"] == label2
+    assert len(token_keys(token_env)) == 2  # current + the orphaned pending key
+    raw = json.loads((state / "agent.json").read_text())
+    raw["config"]["server"] = server
+    (state / "agent.json").write_text(json.dumps(raw))
+    p = agent(fleet, token_env, state, "renew", "--force", "--json")
+    assert p.returncode == 0, p.stderr + p.stdout
+    st4 = json.loads(p.stdout)
+    assert not st4["renewal_in_flight"]
+    assert set(token_keys(token_env)) == {st4["token_key_label"]}
+    assert st4["token_key_label"] not in (label1, label2)
+    no_key_files(state)
+
 
 @pytest.fixture
 def enrolled(fleet, token_env: dict[str, str], tmp_path: Path, request) -> Path:
