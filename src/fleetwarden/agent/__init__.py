@@ -8,7 +8,11 @@ fleet CA). If the certificate expired while the device was offline, it re-bootst
 with its factory identity.
 
 State directory (0700): ``agent.json`` (settings + schedule), ``key.pem`` (0600),
-``cert.pem``, ``key.new.pem`` only while a renewal is in flight.
+``cert.pem``, ``key.new.pem`` only while a renewal is in flight. With the ``pkcs11`` key
+backend every key is generated on the token (never extractable), ``agent.json`` records
+the key labels (never the PIN), no key file exists, and the mTLS renewal signs its
+handshake in the token (``fleetwarden.identity.tlskey``); the rotated-out key is deleted
+from the token once the new certificate is installed.
 """
 
 from fleetwarden.agent.core import Agent, AgentConfig, AgentError

@@ -10,21 +10,27 @@ import ssl
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from fleetwarden._internal.files import atomic_write, ensure_private_dir, write_secret
 from fleetwarden.errors import Error
+from fleetwarden.identity.errors import KeyBackendError
+from fleetwarden.identity.keys import KeyBackend, Pkcs11Key, SoftwareKey, read_secret, sign_csr
+from fleetwarden.identity.tlskey import DEFAULT_ENGINE, DEFAULT_MODULE, TokenKey, use_token_key
 
 STATE = "agent.json"
 TIMEOUT = 30.0
+KEY_BACKENDS = ("file", "pkcs11")
+DEFAULT_PIN_ENV = "FLEETWARDEN_PKCS11_PIN"
 
 
 class AgentError(Error):
@@ -49,6 +55,24 @@ class AgentConfig:
     renew_fraction: float = 2 / 3
     jitter: float = 0.05  # +- share of the lifetime
     label: str | None = None
+    # where the device key lives: "file" (key.pem, 0600) or "pkcs11" (generated on the
+    # token, never extractable; TLS signs through the OpenSSL pkcs11 engine)
+    key_backend: str = "file"
+    pkcs11_module: str = str(DEFAULT_MODULE)
+    pkcs11_token_label: str | None = None
+    pkcs11_pin_env: str = DEFAULT_PIN_ENV  # the PIN itself is never stored
+    pkcs11_pin_file: str | None = None
+    pkcs11_engine: str = DEFAULT_ENGINE
+
+    def __post_init__(self) -> None:
+        if self.key_backend not in KEY_BACKENDS:
+            raise AgentError(f"key backend must be one of {', '.join(KEY_BACKENDS)}")
+        if self.key_backend == "pkcs11" and not self.pkcs11_token_label:
+            raise AgentError("the pkcs11 key backend needs a token label")
+
+
+class _HasPublicKey(Protocol):
+    def public_key(self) -> CertificateIssuerPublicKeyTypes: ...
 
 
 class Agent:
@@ -63,8 +87,11 @@ class Agent:
                 ) from exc
             config = AgentConfig(**raw["config"])
             self.schedule: dict[str, Any] = raw.get("schedule", {})
+            #: labels of the token keys: "current", "pending" (renewal in flight)
+            self.token_keys: dict[str, str | None] = raw.get("token_keys", {})
         else:
             self.schedule = {}
+            self.token_keys = {}
         self.config = config
 
     # -- files ---------------------------------------------------------------------------
@@ -74,7 +101,11 @@ class Agent:
     new_key_path = property(lambda self: self.dir / "key.new.pem")
 
     def _save_state(self) -> None:
-        data = {"config": asdict(self.config), "schedule": self.schedule}
+        data = {
+            "config": asdict(self.config),
+            "schedule": self.schedule,
+            "token_keys": self.token_keys,
+        }
         atomic_write(self.dir / STATE, json.dumps(data, indent=2).encode(), mode=0o600)
 
     def certificate(self) -> x509.Certificate | None:
@@ -95,25 +126,76 @@ class Agent:
             ctx.load_cert_chain(cert, key)
         return ctx
 
-    def _csr(self, key: ec.EllipticCurvePrivateKey) -> bytes:
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.config.device_id)])
+    def _current_tls(self) -> ssl.SSLContext:
+        """TLS presenting the current certificate with the current key (file or token)."""
+        if self.config.key_backend == "file":
+            return self._tls(str(self.cert_path), str(self.key_path))
+        label = self.token_keys.get("current")
+        if not label:
+            raise AgentError("no current token key is recorded: enrol again")
+        # python-pkcs11 first: it refuses a module that another library in this process
+        # initialised (the engine tolerates it), and it checks PIN, token and key label
+        # with its own clear errors.
+        self._token_backend(label, generate=False)
+        ctx = self._tls()
+        try:
+            use_token_key(ctx, self.cert_path, self._token_key(label))
+        except KeyBackendError as exc:
+            raise AgentError(f"cannot use the token key for TLS: {exc}") from exc
+        return ctx
+
+    def _pin(self) -> bytes | None:
+        c = self.config
+        try:
+            return read_secret(
+                c.pkcs11_pin_env,
+                Path(c.pkcs11_pin_file) if c.pkcs11_pin_file else None,
+                "PKCS#11 PIN",
             )
-            .sign(key, hashes.SHA256())
+        except KeyBackendError as exc:
+            raise AgentError(str(exc)) from exc
+
+    def _token_key(self, label: str) -> TokenKey:
+        c = self.config
+        assert c.pkcs11_token_label is not None  # checked in AgentConfig
+        return TokenKey(
+            module=Path(c.pkcs11_module),
+            token_label=c.pkcs11_token_label,
+            key_label=label,
+            pin=self._pin(),
+            engine=c.pkcs11_engine,
+        )
+
+    def _token_backend(self, label: str, *, generate: bool) -> Pkcs11Key:
+        c = self.config
+        assert c.pkcs11_token_label is not None
+        module = Path(c.pkcs11_module)
+        try:
+            if generate:
+                return Pkcs11Key.generate(
+                    module, c.pkcs11_token_label, self._pin(), label, "ec-p256"
+                )
+            return Pkcs11Key.load(module, c.pkcs11_token_label, self._pin(), label)
+        except KeyBackendError as exc:
+            raise AgentError(str(exc)) from exc
+
+    def _csr(self, key: KeyBackend) -> bytes:
+        csr = sign_csr(
+            x509.CertificateSigningRequestBuilder().subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.config.device_id)])
+            ),
+            key,
         )
         return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
 
     def _request(
         self,
         op: str,
-        key: ec.EllipticCurvePrivateKey,
+        key: KeyBackend,
         *,
         auth: tuple[str, str] | None,
-        client: tuple[str, str] | None,
+        tls: ssl.SSLContext,
     ) -> x509.Certificate:
-        tls = self._tls(*client) if client else self._tls()
         try:
             with httpx.Client(verify=tls, timeout=TIMEOUT) as http:
                 intermediates = self._cacerts(http)
@@ -151,7 +233,7 @@ class Agent:
     def _confirm(
         self,
         cert: x509.Certificate | None,
-        key: ec.EllipticCurvePrivateKey,
+        key: _HasPublicKey,
         intermediates: list[x509.Certificate],
     ) -> x509.Certificate:
         """The new certificate must carry our new key, name us and chain to a trust
@@ -180,14 +262,20 @@ class Agent:
                 break
         raise AgentError("the issued certificate does not chain to the fleet CA")
 
-    def _install(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, via: str) -> None:
+    def _install(self, cert: x509.Certificate, key: KeyBackend, via: str) -> None:
         pem = serialization.Encoding.PEM
         # New key first (0600, atomic), then the certificate; both replace the old ones
         # only now, after the new certificate was confirmed.
-        write_secret(
-            self.key_path,
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-        )
+        old_label = self.token_keys.get("current")
+        if isinstance(key, SoftwareKey):
+            write_secret(
+                self.key_path,
+                key.private_key.private_bytes(
+                    pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                ),
+            )
+        else:
+            self.token_keys = {"current": self.token_keys.get("pending"), "pending": None}
         atomic_write(self.cert_path, cert.public_bytes(pem))
         self.new_key_path.unlink(missing_ok=True)
         life = cert.not_valid_after_utc - cert.not_valid_before_utc
@@ -201,8 +289,27 @@ class Agent:
             "installed_at": datetime.now(UTC).isoformat(),
         }
         self._save_state()
+        if old_label and old_label != self.token_keys.get("current"):
+            # the rotated-out key goes only now; a failure leaves it on the token, unused
+            self._drop_token_key(old_label)
 
-    def _fresh_key(self) -> ec.EllipticCurvePrivateKey:
+    def _drop_token_key(self, label: str) -> None:
+        try:
+            self._token_backend(label, generate=False).destroy()
+        except (AgentError, KeyBackendError):
+            self.token_keys.setdefault("stale", label)
+            self._save_state()
+
+    def _fresh_key(self) -> KeyBackend:
+        if self.config.key_backend == "pkcs11":
+            stale = self.token_keys.get("pending")
+            if stale:  # an earlier renewal that never completed
+                self._drop_token_key(stale)
+            stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+            label = f"{self.config.device_id}-{stamp}"
+            self.token_keys["pending"] = label
+            self._save_state()  # before the key exists, so a crash leaves a trace
+            return self._token_backend(label, generate=True)
         key = ec.generate_private_key(ec.SECP256R1())
         write_secret(
             self.new_key_path,
@@ -212,7 +319,7 @@ class Agent:
                 serialization.NoEncryption(),
             ),
         )
-        return key
+        return SoftwareKey(key)
 
     # -- operations ------------------------------------------------------------------------
 
@@ -223,7 +330,7 @@ class Agent:
         key = self._fresh_key()
         if token:
             cert = self._request(
-                "simpleenroll", key, auth=(self.config.device_id, token), client=None
+                "simpleenroll", key, auth=(self.config.device_id, token), tls=self._tls()
             )
             via = "token"
         elif self.config.factory_cert and self.config.factory_key:
@@ -231,7 +338,7 @@ class Agent:
                 "simpleenroll",
                 key,
                 auth=None,
-                client=(self.config.factory_cert, self.config.factory_key),
+                tls=self._tls(self.config.factory_cert, self.config.factory_key),
             )
             via = "factory"
         else:
@@ -258,10 +365,9 @@ class Agent:
             )
         if not force and not self.due(now):
             return None
+        tls = self._current_tls()  # before the new key: a token problem costs nothing
         key = self._fresh_key()
-        cert = self._request(
-            "simplereenroll", key, auth=None, client=(str(self.cert_path), str(self.key_path))
-        )
+        cert = self._request("simplereenroll", key, auth=None, tls=tls)
         self._install(cert, key, "renewal")
         return cert
 
@@ -272,8 +378,11 @@ class Agent:
             "device_id": self.config.device_id,
             "server": self.config.server,
             "enrolled": cert is not None,
-            "renewal_in_flight": self.new_key_path.exists(),
+            "renewal_in_flight": self.new_key_path.exists() or bool(self.token_keys.get("pending")),
+            "key_backend": self.config.key_backend,
         }
+        if self.config.key_backend == "pkcs11":
+            out["token_key_label"] = self.token_keys.get("current")
         if cert is not None:
             out.update(
                 serial=format(cert.serial_number, "x"),

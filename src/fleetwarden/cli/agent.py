@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from fleetwarden.agent import Agent, AgentConfig
-from fleetwarden.agent.core import PendingApproval
+from fleetwarden.agent.core import DEFAULT_PIN_ENV, PendingApproval
 from fleetwarden.cli._common import JsonFlag, console, print_json
+from fleetwarden.identity.tlskey import DEFAULT_ENGINE, DEFAULT_MODULE
 
 app = typer.Typer(help="Device agent: enrol over EST, renew with fresh keys.", no_args_is_help=True)
 
@@ -31,6 +32,22 @@ def enroll(
     factory_cert: Annotated[Path | None, typer.Option(help="Factory certificate (PEM).")] = None,
     factory_key: Annotated[Path | None, typer.Option(help="Factory key (PEM).")] = None,
     label: Annotated[str | None, typer.Option(help="EST label (profile).")] = None,
+    key_backend: Annotated[
+        str, typer.Option(help="Where the device key lives: file (key.pem) or pkcs11 (token).")
+    ] = "file",
+    pkcs11_module: Annotated[
+        Path, typer.Option(help="PKCS#11 module of the token.")
+    ] = DEFAULT_MODULE,
+    pkcs11_token_label: Annotated[
+        str | None, typer.Option(help="Token label (pkcs11 backend).")
+    ] = None,
+    pkcs11_pin_file: Annotated[
+        Path | None,
+        typer.Option(help=f"File holding the token PIN (else the env var {DEFAULT_PIN_ENV})."),
+    ] = None,
+    pkcs11_engine: Annotated[
+        str, typer.Option(help="OpenSSL engine id or .so path used for TLS with the token key.")
+    ] = DEFAULT_ENGINE,
     json_out: bool = JsonFlag,
 ) -> None:
     """First enrolment with a token (HTTP Basic) or a factory certificate (mTLS)."""
@@ -43,6 +60,11 @@ def enroll(
             factory_cert=str(factory_cert.resolve()) if factory_cert else None,
             factory_key=str(factory_key.resolve()) if factory_key else None,
             label=label,
+            key_backend=key_backend,
+            pkcs11_module=str(pkcs11_module),
+            pkcs11_token_label=pkcs11_token_label,
+            pkcs11_pin_file=str(pkcs11_pin_file.resolve()) if pkcs11_pin_file else None,
+            pkcs11_engine=pkcs11_engine,
         ),
     )
     try:

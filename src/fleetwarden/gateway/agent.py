@@ -6,10 +6,10 @@ publishes under ``devices/<id>/telemetry`` only, and reconnects after any loss w
 exponential backoff and full jitter (so a fleet does not reconnect in lockstep after a
 broker restart).
 
-Key backends: a PEM key file. A PKCS#11 key is NOT supported here yet: paho-mqtt hands
-the key to Python's ``ssl`` module, which can only load keys from files; using a token
-needs an OpenSSL provider/engine (pkcs11-provider) configured for the process, which is
-not wired in this version.
+Key backends: a PEM key file (``key_file``), or a key that stays in a PKCS#11 token
+(``token_key``): paho-mqtt takes a plain ``ssl.SSLContext``, and
+:func:`fleetwarden.identity.tlskey.use_token_key` makes that context sign the handshake
+inside the token (OpenSSL pkcs11 engine). Exactly one of the two is configured.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+
+from fleetwarden.gateway.errors import GatewayError
+from fleetwarden.identity.tlskey import TokenKey, use_token_key
 
 
 def backoff_delays(base: float, cap: float, rng: random.Random | None = None) -> Any:
@@ -44,7 +47,8 @@ class AgentConfig:
     port: int
     ca_file: Path
     cert_file: Path
-    key_file: Path
+    key_file: Path | None = None
+    token_key: TokenKey | None = None  # a key that stays in a PKCS#11 token
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     keepalive_s: int = 60
@@ -66,7 +70,12 @@ class TelemetryAgent:
         )
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cfg.ca_file))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+        if (cfg.key_file is None) == (cfg.token_key is None):
+            raise GatewayError("the device agent needs exactly one of key_file and token_key")
+        if cfg.token_key is not None:
+            use_token_key(ctx, cfg.cert_file, cfg.token_key)
+        else:
+            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
         self.client.tls_set_context(ctx)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -4,6 +4,7 @@ Where things are (for a newcomer, and for the gateway):
 
 - fleet CA, profiles, CRL building:           ``identity.ca`` (``FleetCA``, ``CaPaths``)
 - key backends (file, PKCS#11):               ``identity.keys``
+- TLS client auth with a token key:           ``identity.tlskey`` (``use_token_key``)
 - issuance, tokens, revocation, M1 check:     ``identity.service`` (``IdentityService``)
 - EST server (RFC 7030):                      ``identity.est``
 - TLS (server cert, client-cert scope ext):   ``identity.tls``

@@ -172,6 +172,7 @@ class Pkcs11Key:
     ) -> None:
         self._session, self._lock = session
         self._private = private
+        self._public_obj = public
         self._pub_der = _pkcs11_public_der(public)
         self.algorithm = algorithm
         loaded = serialization.load_der_public_key(self._pub_der)
@@ -200,8 +201,13 @@ class Pkcs11Key:
                 except pkcs11.UserAlreadyLoggedIn:
                     session = token.open(rw=True)
             except Exception as exc:  # python-pkcs11 raises many unrelated types
+                hint = ""
+                if type(exc).__name__ in ("PinIncorrect", "PinLenRange", "PinInvalid"):
+                    hint = " (wrong PIN)"
+                elif type(exc).__name__ == "NoSuchToken":
+                    hint = " (no such token)"
                 raise KeyBackendError(
-                    f"cannot open PKCS#11 token {token_label!r} via {module}: {exc!r}"
+                    f"cannot open PKCS#11 token {token_label!r} via {module}{hint}: {exc!r}"
                 ) from exc
             _SESSIONS[key] = (session, threading.Lock())
             return _SESSIONS[key]
@@ -289,6 +295,15 @@ class Pkcs11Key:
 
         with self._lock:
             return self._private[getattr(Attribute, name)]
+
+    def destroy(self) -> None:
+        """Delete the key pair from the token (a rotated-out device key)."""
+        with self._lock:
+            try:
+                self._private.destroy()
+                self._public_obj.destroy()
+            except Exception as exc:
+                raise KeyBackendError(f"cannot delete the key from the token: {exc!r}") from exc
 
     def close(self) -> None:
         """Keys share their token's session (see :meth:`_open`); nothing to release."""
