@@ -20,7 +20,7 @@ from fleetwarden.cli._common import (
     require_init,
     settings,
 )
-from fleetwarden.identity.ca import CaPaths, FleetCA, export_root, init_ca
+from fleetwarden.identity.ca import CaPaths, FleetCA, export_root, init_ca, resign_root_crl
 from fleetwarden.identity.service import IdentityService, Issued
 from fleetwarden.identity.tls import issue_server_certificate, manufacturer_cas
 from fleetwarden.settings import Settings
@@ -107,7 +107,9 @@ def ca_rollover(
         print_json(summary)
         return
     new, old = summary["issuing"], summary["retired"]
-    console.print(f"issuing CA rolled over: generation {old['generation']} -> {new['generation']}")
+    console.print(
+        f"issuing CA rolled over: generation {old['generation']} -> {summary['generation']}"
+    )
     console.print(f"  new issuing CA  {new['subject']}")
     console.print(f"    certificate   {new['cert']}")
     console.print(f"    valid until   {new['not_after']}")
@@ -145,6 +147,24 @@ def ca_export_root(
     path = export_root(s.data_dir, s.identity, out, remove=remove)
     console.print(
         f"root key written to {path}" + (" and removed from the data dir" if remove else "")
+    )
+
+
+@ca_app.command("root-crl")
+def ca_root_crl(
+    root_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory holding the offline root (as written by `ca export-root`)."),
+    ] = None,
+) -> None:
+    """Sign the root's CRL (ARL) again: needed before it runs out (`identity.root_crl_days`)
+    when the root stays offline between rollovers."""
+    s = settings()
+    require_init(s)
+    crl = resign_root_crl(s.data_dir, s.identity, root_dir=root_dir)
+    console.print(
+        f"root CRL written to {CaPaths.of(s.data_dir).root_crl} "
+        f"(next update {crl.next_update_utc}); take the root offline again"
     )
 
 
