@@ -215,6 +215,11 @@ def test_rollover_while_up_runs(tmp_path: Path) -> None:
             r = httpx.get(f"http://127.0.0.1:{crl_port}/crl/{name}.crl")
             assert r.status_code == 200
             crls += x509.load_der_x509_crl(r.content).public_bytes(serialization.Encoding.PEM)
+        assert httpx.get(f"http://127.0.0.1:{crl_port}/crl/issuing-9.crl").status_code == 404
+        r = httpx.get(f"{base}/crl/issuing-2.crl", verify=anon)  # also on the API port
+        assert (
+            r.status_code == 200 and x509.load_der_x509_crl(r.content).issuer == new_issuer.subject
+        )
         crls += (data / "identity" / "crl" / "root.crl.pem").read_bytes()
         (t / "crls.pem").write_bytes(crls)
 
