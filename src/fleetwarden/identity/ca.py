@@ -854,8 +854,7 @@ def _load_root_for_rollover(
 
 
 def rollover_issuing(
-    data_dir: Path,
-    settings: IdentitySettings,
+    current: FleetCA,
     *,
     root_dir: Path | None = None,
     lifetime: timedelta | None = None,
@@ -865,12 +864,13 @@ def rollover_issuing(
     backend, a new intermediate signed by the root; the old one moves to ``retired/``
     with its key (to sign its CRLs) and stays trusted while its certificates are valid.
 
-    The caller (:meth:`IdentityService.rollover`) publishes the CRLs and records the
-    event. Refused, with nothing changed: root key absent or unusable, root expiring
+    ``current`` is the loaded CA (its keys are reused, not opened twice: a TPM has few
+    object slots). The caller (:meth:`IdentityService.rollover`) publishes the CRLs and
+    records the event. Refused, with nothing changed: root key absent or unusable, root expiring
     before the new issuing CA would.
     """
     now = now or datetime.now(UTC)
-    current = FleetCA.load(data_dir, settings)
+    settings = current.settings
     paths = current.paths
     root = current.root
     lifetime = lifetime or timedelta(days=settings.issuing_lifetime_days)

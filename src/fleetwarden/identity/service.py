@@ -859,9 +859,7 @@ class IdentityService:
         """``fleetwarden ca rollover``: a new issuing CA from the root; the old one is
         retired but kept (trusted, publishing its CRL) until its last certificate
         expires. Records a ``ca.rollover`` event (the running service reloads on it)."""
-        result = rollover_issuing(
-            self.ca.paths.dir.parent, self.settings, root_dir=root_dir, lifetime=lifetime
-        )
+        result = rollover_issuing(self.ca, root_dir=root_dir, lifetime=lifetime)
         self.ca = result.new
         self.regenerate_crl()
         old = result.retired

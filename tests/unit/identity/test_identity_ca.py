@@ -261,5 +261,5 @@ def test_intermediate_never_outlives_the_root(
     from fleetwarden.identity.ca import RootExpiringError, rollover_issuing
 
     with pytest.raises(RootExpiringError):
-        rollover_issuing(tmp_path, ca.settings)
+        rollover_issuing(ca)
     assert not ca.paths.state.exists()
