@@ -119,9 +119,9 @@ def ca_rollover(
     console.print(
         "    trusted until "
         + (
-            f" {old['trusted_until']} (its last certificate expires)"
+            f"{old['trusted_until']} (its last certificate expires)"
             if old["trusted_until"]
-            else " now: it has no valid certificates left"
+            else "now: it has no valid certificates left"
         )
     )
     console.print(f"    CRL           {old['crl_url']} (still published)")
