@@ -497,7 +497,13 @@ class FleetCA:
 
     def write_trust_files(self) -> None:
         """``chain.pem`` (every accepted issuing CA + root) and ``crl/all.crl.pem`` (their
-        CRLs), rewritten only when they change (the broker re-reads them on change)."""
+        CRLs), rewritten only when they change (the broker re-reads them on change).
+
+        Skipped when another process has rolled the CA over since this one was loaded
+        (this process reloads on the rollover event): a stale writer must not take the
+        new issuing CA out of the trust files."""
+        if self.paths.generation() != self.generation:
+            return
         pem = serialization.Encoding.PEM
         _write_if_changed(self.paths.chain, b"".join(c.public_bytes(pem) for c in self.trusted))
         parts = []

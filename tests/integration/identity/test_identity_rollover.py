@@ -301,3 +301,17 @@ def test_rollover_refused_when_the_root_expires_first(registry, tmp_path: Path) 
     summary = svc.rollover(ACTOR, lifetime=timedelta(days=60))
     assert svc.ca.cert.not_valid_after_utc <= svc.ca.root.not_valid_after_utc
     assert summary["generation"] == 2
+
+
+def test_a_stale_process_does_not_undo_a_rollover(registry, tmp_path: Path) -> None:
+    """`up` loaded generation 1; the CLI rolls over; until `up` reloads (on the event),
+    its CRL upkeep must not drop the new issuing CA from chain.pem or the bundle."""
+    svc = _svc(registry, tmp_path)
+    _enroll(svc, "old-a")
+    stale = IdentityService(registry, FleetCA.load(tmp_path, IdentitySettings()))
+    svc.rollover(ACTOR)
+    paths = svc.ca.paths
+    chain, bundle = paths.chain.read_bytes(), paths.crl_bundle.read_bytes()
+    stale.regenerate_crl()  # the old process's periodic refresh
+    assert paths.chain.read_bytes() == chain and paths.crl_bundle.read_bytes() == bundle
+    assert len(x509.load_pem_x509_certificates(chain)) == 3
