@@ -170,6 +170,7 @@ async def serve(
     started: list[Component] = []
     # HTTPS with optional client certificates once the fleet CA exists (identity.tls).
     tls = server_tls(settings, registry)
+    app.state.server_tls = tls  # identity adds a new issuing CA to it after a rollover
     config = uvicorn.Config(
         app,
         host=settings.api_host,

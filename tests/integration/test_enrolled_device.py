@@ -53,8 +53,8 @@ def test_enrolled_device_on_broker_and_ddi(tmp_path: Path) -> None:
         assert p.returncode == 0, (args, p.stderr)
         return p
 
-    admin = json.loads(fw("init", "--json").stdout)["admin_token"]
-    root = json.loads(fw("ca", "init", "--json").stdout)["root"]
+    init = json.loads(fw("init", "--json").stdout)  # also creates the fleet CA
+    admin, root = init["admin_token"], init["ca"]["root"]
     for dev in ("dev-1", "dev-2"):
         fw("device", "add", dev)
     enroll_token = fw("device", "token", "dev-1").stdout.strip()

@@ -35,7 +35,7 @@ def _fw(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def running(tmp_path: Path):
     data = tmp_path / "data"
-    init = _fw(data, "init", "--json")
+    init = _fw(data, "init", "--json", "--no-ca")  # the API alone (identity: test_identity_up)
     assert init.returncode == 0, init.stderr
     import json
 
@@ -108,7 +108,7 @@ def test_up_relays_outbox_and_prints_urls(running) -> None:
 
 def test_up_refuses_busy_port(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    assert _fw(data, "init").returncode == 0
+    assert _fw(data, "init", "--no-ca").returncode == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)

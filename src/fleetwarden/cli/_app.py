@@ -24,8 +24,10 @@ from fleetwarden.cli import (
     token,
 )
 from fleetwarden.cli._common import State, cli_actor, console, print_json, require_init, settings
+from fleetwarden.errors import Error
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import Role, TokenCreate
+from fleetwarden.settings import Settings
 
 app = typer.Typer(
     name="fleetwarden",
@@ -75,9 +77,26 @@ DEFAULT_TOML = """\
 @app.command()
 def init(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    no_ca: Annotated[
+        bool,
+        typer.Option(
+            "--no-ca",
+            help="Do not create the fleet CA (e.g. to configure a PKCS#11 token first; "
+            "then run `fleetwarden ca init`).",
+        ),
+    ] = False,
 ) -> None:
-    """Create the data directory, the database and a first admin API token."""
-    s = settings()
+    """Create the data directory, the database, a first admin API token and the fleet CA."""
+    initialise(settings(), json_out=json_out, with_ca=not no_ca)
+
+
+def initialise(s: Settings, *, json_out: bool, with_ca: bool) -> Settings:
+    """``fleetwarden init`` (also run by ``up`` on a data directory never initialised):
+    data directory, settings file, database, the first admin token (printed once) and,
+    unless told not to, the fleet CA when none exists."""
+    from fleetwarden.cli.identity import create_ca, print_ca_created
+    from fleetwarden.identity.ca import CaPaths
+
     ensure_private_dir(s.data_dir)
     fresh = not s.config_path.exists()
     if fresh:
@@ -92,21 +111,41 @@ def init(
             )
     finally:
         reg.close()
+    want_ca = with_ca and not CaPaths.of(s.data_dir).exists()
+    if not json_out:
+        console.print(f"data directory: {s.data_dir.resolve()}")
+        if not fresh:
+            console.print("already initialised; schema is up to date")
+        if created is not None:
+            console.print("admin API token (shown once, store it now):")
+            typer.echo(created.token)
+    ca_info: dict[str, str] | None = None
+    ca_error: Error | None = None
+    if want_ca:
+        try:
+            ca_info = create_ca(s)
+        except Error as exc:  # the admin token above must not be lost with it
+            ca_error = exc
     if json_out:
         print_json(
             {
                 "data_dir": str(s.data_dir),
                 "initialised": fresh,
                 "admin_token": created.token if created else None,
+                "ca": ca_info,
+                **({"ca_error": str(ca_error)} if ca_error else {}),
             }
         )
-        return
-    console.print(f"data directory: {s.data_dir.resolve()}")
-    if not fresh:
-        console.print("already initialised; schema is up to date")
-    if created is not None:
-        console.print("admin API token (shown once, store it now):")
-        typer.echo(created.token)
+    elif ca_info is not None:
+        print_ca_created(s, ca_info)
+    if ca_error is not None:
+        if not json_out:
+            console.print(
+                f"the fleet CA was not created: {ca_error}\n"
+                "fix the key backend settings, then run `fleetwarden ca init`"
+            )
+        raise typer.Exit(ca_error.exit_code)
+    return s
 
 
 @app.command()
@@ -114,7 +153,8 @@ def up(
     host: Annotated[str | None, typer.Option(help="API listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="API listen port.")] = None,
 ) -> None:
-    """Run the control plane: the admin API now; the controls join as they land."""
+    """Run the control plane (API + EST over TLS, CRL, broker, TUF/DDI, audit log,
+    detection); on a data directory never initialised, run `init` first."""
     from fleetwarden.service import Context, serve
 
     overrides: dict[str, object] = {}
@@ -123,6 +163,11 @@ def up(
     if port is not None:
         overrides["api_port"] = port
     s = settings(**overrides)
+    if not s.config_path.exists():
+        # A data directory never initialised: do what `fleetwarden init` does (admin token
+        # printed once, fleet CA), so one command brings every control up.
+        initialise(s, json_out=False, with_ca=True)
+        s = settings(**overrides)
     require_init(s)
     logging.basicConfig(
         level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

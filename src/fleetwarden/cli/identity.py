@@ -20,9 +20,10 @@ from fleetwarden.cli._common import (
     require_init,
     settings,
 )
-from fleetwarden.identity.ca import CaPaths, FleetCA, export_root, init_ca
+from fleetwarden.identity.ca import CaPaths, FleetCA, export_root, init_ca, resign_root_crl
 from fleetwarden.identity.service import IdentityService, Issued
 from fleetwarden.identity.tls import issue_server_certificate, manufacturer_cas
+from fleetwarden.settings import Settings
 
 ca_app = typer.Typer(
     help="The fleet CA: create it, keep the root offline, CRL, approvals.", no_args_is_help=True
@@ -36,14 +37,11 @@ def _service() -> tuple[IdentityService, object]:
     return IdentityService(reg, ca, manufacturer_cas=manufacturer_cas(s.identity)), reg
 
 
-@ca_app.command("init")
-def ca_init(json_out: bool = JsonFlag) -> None:
-    """Create the root CA and the issuing intermediate (keys per `identity.key_backend`)."""
-    s = settings()
-    require_init(s)
+def create_ca(s: Settings) -> dict[str, str]:
+    """Create the fleet CA (``ca init``, and ``init`` / ``up`` on a fresh data dir)."""
     ca = init_ca(s.data_dir, s.identity)
     paths = ca.paths
-    info = {
+    return {
         "root": str(paths.root_cert),
         "issuing": str(paths.issuing_cert),
         "chain": str(paths.chain),
@@ -52,17 +50,90 @@ def ca_init(json_out: bool = JsonFlag) -> None:
         "key_backend": s.identity.key_backend,
         "root_fingerprint_sha256": ca.root.fingerprint(hashes.SHA256()).hex(),
     }
-    if json_out:
-        print_json(info)
-        return
-    console.print(f"fleet CA created in {paths.dir}")
+
+
+def print_ca_created(s: Settings, info: dict[str, str]) -> None:
+    console.print(f"fleet CA created in {CaPaths.of(s.data_dir).dir}")
     for k, v in info.items():
         console.print(f"  {k:<24} {v}")
     if s.identity.key_backend == "file":
         console.print(
             "keep the root offline: `fleetwarden ca export-root --out DIR --remove` "
-            "(needed again only to renew the issuing CA)"
+            "(needed again only for `fleetwarden ca rollover`)"
         )
+
+
+@ca_app.command("init")
+def ca_init(json_out: bool = JsonFlag) -> None:
+    """Create the root CA and the issuing intermediate (keys per `identity.key_backend`)."""
+    s = settings()
+    require_init(s)
+    info = create_ca(s)
+    if json_out:
+        print_json(info)
+        return
+    print_ca_created(s, info)
+
+
+@ca_app.command("rollover")
+def ca_rollover(
+    root_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory holding the offline root (root.key, root.crt) as written by "
+            "`ca export-root`; default: the root key in the data dir (file backend) or on "
+            "the token / TPM."
+        ),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=30, max=36500, help="Lifetime of the new issuing CA (default identity setting)."
+        ),
+    ] = None,
+    json_out: bool = JsonFlag,
+) -> None:
+    """Replace the issuing CA: new key and intermediate signed by the root. The old one
+    is retired but stays trusted and keeps publishing its CRL until its last
+    certificate expires."""
+    svc, reg = _service()
+    try:
+        summary = svc.rollover(
+            cli_actor(), root_dir=root_dir, lifetime=timedelta(days=days) if days else None
+        )
+    finally:
+        reg.close()  # type: ignore[attr-defined]
+    if json_out:
+        print_json(summary)
+        return
+    new, old = summary["issuing"], summary["retired"]
+    console.print(
+        f"issuing CA rolled over: generation {old['generation']} -> {summary['generation']}"
+    )
+    console.print(f"  new issuing CA  {new['subject']}")
+    console.print(f"    certificate   {new['cert']}")
+    console.print(f"    valid until   {new['not_after']}")
+    console.print(f"    CRL           {new['crl_url']}")
+    console.print(f"  retired         {old['subject']}")
+    console.print(f"    certificate   {old['cert']}")
+    console.print(
+        "    trusted until "
+        + (
+            f"{old['trusted_until']} (its last certificate expires)"
+            if old["trusted_until"]
+            else "now: it has no valid certificates left"
+        )
+    )
+    console.print(f"    CRL           {old['crl_url']} (still published)")
+    console.print(f"  chain           {summary['chain']} (every accepted issuing CA + root)")
+    console.print(f"  CRL bundle      {summary['crl_bundle']}")
+    console.print(
+        "new certificates come from the new issuing CA; a running `fleetwarden up` "
+        "switches by itself. Devices that pin issuing.crt need the new one (EST cacerts "
+        "serves both)."
+    )
+    if root_dir is not None:
+        console.print(f"the root key stayed in {root_dir}: take it offline again")
 
 
 @ca_app.command("export-root")
@@ -76,6 +147,24 @@ def ca_export_root(
     path = export_root(s.data_dir, s.identity, out, remove=remove)
     console.print(
         f"root key written to {path}" + (" and removed from the data dir" if remove else "")
+    )
+
+
+@ca_app.command("root-crl")
+def ca_root_crl(
+    root_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory holding the offline root (as written by `ca export-root`)."),
+    ] = None,
+) -> None:
+    """Sign the root's CRL (ARL) again: needed before it runs out (`identity.root_crl_days`)
+    when the root stays offline between rollovers."""
+    s = settings()
+    require_init(s)
+    crl = resign_root_crl(s.data_dir, s.identity, root_dir=root_dir)
+    console.print(
+        f"root CRL written to {CaPaths.of(s.data_dir).root_crl} "
+        f"(next update {crl.next_update_utc}); take the root offline again"
     )
 
 

@@ -90,13 +90,17 @@ class InProcessBus:
     async def publish(self, event: Event) -> None:
         if self._closed:
             raise RuntimeError("event bus is closed")
-        for sub in self._subs.values():
+        # A snapshot: a component may subscribe while this awaits (``up`` starts the
+        # outbox relay before the components that subscribe), and a dict changing size
+        # mid-iteration would abort the publish half-way (and the relay's retry would
+        # deliver the event twice to the subscribers already served).
+        for sub in list(self._subs.values()):
             if sub.wants(event):
                 await sub.queue.put(event)
 
     async def drain(self) -> None:
         """Wait until every event published so far has been handled (tests, shutdown)."""
-        for sub in self._subs.values():
+        for sub in list(self._subs.values()):
             if sub.task is not None:
                 await sub.queue.join()
 

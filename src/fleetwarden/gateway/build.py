@@ -17,8 +17,8 @@ from pathlib import Path
 
 from fleetwarden.gateway.errors import BrokerMissingError, GatewayError
 
-BUILD_PACKAGES = "gcc mosquitto-dev libssl-dev uthash-dev"
-_HEADERS = ("mosquitto_broker.h", "openssl/x509.h", "uthash.h")
+BUILD_PACKAGES = "gcc mosquitto-dev libmosquitto-dev libssl-dev uthash-dev"
+_HEADERS = ("mosquitto_broker.h", "mosquitto.h", "openssl/x509.h", "uthash.h")
 
 
 def plugin_source() -> bytes:

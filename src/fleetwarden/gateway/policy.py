@@ -121,16 +121,24 @@ def render_policy(policies: Iterable[DevicePolicy]) -> str:
 
 
 def crl_serials(path: Path) -> set[str]:
-    """Revoked serials of a DER or PEM CRL; an unreadable CRL raises ``ValueError``."""
+    """Revoked serials of a DER CRL or a PEM file holding one or more CRLs (after an
+    issuing-CA rollover the fleet CA publishes one CRL per issuing CA in one bundle);
+    an unreadable CRL raises ``ValueError``."""
     data = path.read_bytes()
     if len(data) > 256 * 1024 * 1024:
         raise ValueError(f"{path}: CRL larger than 256 MiB")
-    crl = (
-        x509.load_pem_x509_crl(data)
-        if data.lstrip().startswith(b"-----")
-        else x509.load_der_x509_crl(data)
-    )
-    return {canonical_serial(r.serial_number) for r in crl}
+    if not data.lstrip().startswith(b"-----"):
+        return {canonical_serial(r.serial_number) for r in x509.load_der_x509_crl(data)}
+    blocks = _PEM_CRL.findall(data)
+    if not blocks:
+        raise ValueError(f"{path}: no PEM CRL in the file")
+    serials: set[str] = set()
+    for block in blocks:
+        serials |= {canonical_serial(r.serial_number) for r in x509.load_pem_x509_crl(block)}
+    return serials
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
 
 
 def render_revoked(serials: Iterable[str]) -> str:

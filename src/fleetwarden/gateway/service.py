@@ -133,7 +133,8 @@ class Gateway:
         if gs.ca_file == default.ca_file and not gs.path(ddir, gs.ca_file).exists():
             update["ca_file"] = identity.ca.paths.chain
         if gs.crl_file is None:
-            update["crl_file"] = identity.ca.paths.crl
+            # every accepted issuing CA's CRL (one PEM file; several after a rollover)
+            update["crl_file"] = identity.ca.paths.crl_bundle
         if gs.cert_file == default.cert_file and gs.key_file == default.key_file:
             names = server_names(ctx.settings)
             if gs.host not in {"0.0.0.0", "::"}:  # noqa: S104 (a comparison)
@@ -273,7 +274,16 @@ class Gateway:
                 self._policy_dirty.set()
             return
         # The identity control's revocation event (identity.service.revocation_of).
-        from fleetwarden.identity.service import revocation_of
+        from fleetwarden.identity.service import revocation_of, rollover_of
+
+        if rollover_of(event) is not None:
+            # chain.pem now holds the new issuing CA; Mosquitto 2.0 re-reads its CA file
+            # only at start (SIGHUP reloads the server certificate, not the trust store).
+            if self.supervisor is not None:
+                log.info("gateway: fleet CA rolled over; restarting the broker to trust it")
+                await self.supervisor.restart()
+            self._policy_dirty.set()
+            return
 
         revoked = revocation_of(event)
         if revoked is not None:

@@ -59,6 +59,7 @@ class BrokerSupervisor:
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._restarting = False
         self._started = asyncio.Event()
         self._stdbuf = shutil.which("stdbuf")
 
@@ -99,6 +100,9 @@ class BrokerSupervisor:
             rc = await self.proc.wait()
             if self._stopping:
                 return
+            if self._restarting:  # asked for (restart()): at once, not a failure
+                self._restarting = False
+                continue
             self.restarts += 1
             if time.monotonic() - began > 60:
                 delay = 0.5
@@ -133,6 +137,26 @@ class BrokerSupervisor:
                     self.on_tls_failure(last_addr or "unknown", m.group(1).strip())
                 except Exception:
                     log.exception("TLS failure handler failed")
+
+    async def restart(self, timeout: float = 15.0) -> None:
+        """Stop the broker and start it again now (e.g. to re-read its CA file); returns
+        once it listens again."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None or self._stopping:
+            return
+        self._restarting = True
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not proc and self.pid is not None and await _port_open(self.ready_port):
+                return
+            await asyncio.sleep(0.05)
+        raise GatewayError(f"Mosquitto did not come back within {timeout:.0f} s")
 
     async def kill(self) -> None:
         """Kill the broker abruptly (tests: the supervisor must restart it)."""

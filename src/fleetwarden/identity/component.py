@@ -8,6 +8,11 @@ CRL freshness invariant: the CRL is regenerated after ``crl_refresh_fraction`` o
 validity (half by default), so a published CRL is never past its nextUpdate while the
 service runs; it is also regenerated at once when a revocation event arrives from any
 process (CLI, API) through the outbox relay.
+
+Rollover: a ``ca.rollover`` event (``fleetwarden ca rollover`` in another process)
+makes it reload the fleet CA: new certificates come from the new issuing CA at once,
+the new issuing CA joins the TLS client-certificate trust store, and every accepted
+issuing CA's CRL keeps being published (``/crl/<name>.crl``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from starlette.routing import Route
 from fleetwarden.events import Event, EventClass
 from fleetwarden.identity.ca import CaPaths, FleetCA
 from fleetwarden.identity.est import peer_certificate
-from fleetwarden.identity.service import IdentityService, revocation_of
+from fleetwarden.identity.service import IdentityService, revocation_of, rollover_of
 from fleetwarden.identity.tls import manufacturer_cas
 
 if TYPE_CHECKING:
@@ -44,6 +49,8 @@ class IdentityComponent:
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_server: uvicorn.Server | None = None
         self._wake = asyncio.Event()
+        self._reload = False
+        self._ctx: Context | None = None
         self.crl_port: int | None = None
 
     async def start(self, ctx: Context) -> None:
@@ -51,6 +58,7 @@ class IdentityComponent:
         if not CaPaths.of(s.data_dir).exists():
             log.info("no fleet CA: EST and CRL are off (run `fleetwarden ca init`)")
             return
+        self._ctx = ctx
         ca = await run_in_threadpool(FleetCA.load, s.data_dir, s.identity)
         self.service = IdentityService(
             ctx.registry, ca, manufacturer_cas=manufacturer_cas(s.identity)
@@ -64,7 +72,9 @@ class IdentityComponent:
         self._tasks.append(asyncio.create_task(self._refresh(), name="identity-crl"))
         await self._serve_crl(s.identity.crl_host, s.identity.crl_port)
         host = s.identity.crl_host
-        ctx.urls["CRL"] = f"http://{host}:{self.crl_port}/crl/issuing.crl"
+        for issuer in self.service.ca.issuers:
+            label = "CRL" if issuer is self.service.ca else f"CRL (retired {issuer.generation})"
+            ctx.urls[label] = f"http://{host}:{self.crl_port}/crl/{issuer.crl_name}.crl"
         ctx.urls["CA chain"] = str(ca.paths.chain)
 
     def authenticate_device(self, request: Request) -> str | None:
@@ -77,8 +87,36 @@ class IdentityComponent:
         return self.service.device_of(cert)
 
     async def _on_event(self, event: Event) -> None:
-        if revocation_of(event) is not None:
+        if rollover_of(event) is not None:
+            self._reload = True
             self._wake.set()
+        elif revocation_of(event) is not None:
+            self._wake.set()
+
+    def reload_ca(self) -> None:
+        """After a rollover by another process: load the new issuing CA (and the retired
+        ones), issue from it, trust it for client certificates."""
+        assert self.service is not None
+        assert self._ctx is not None
+        s = self._ctx.settings
+        ca = FleetCA.load(s.data_dir, s.identity)
+        known = {c.key_id for c in self.service.ca.issuers}
+        self.service.ca = ca
+        tls = getattr(self._ctx.app.state, "server_tls", None)
+        if tls is not None:
+            from cryptography.hazmat.primitives import serialization
+
+            for issuer in ca.issuers:
+                if issuer.key_id not in known:
+                    # Adds to the live context's store: new handshakes accept it.
+                    tls.context.load_verify_locations(
+                        cadata=issuer.cert.public_bytes(serialization.Encoding.PEM).decode()
+                    )
+        log.info(
+            "fleet CA reloaded: issuing CA %d (%s)",
+            ca.generation,
+            ca.cert.subject.rfc4514_string(),
+        )
 
     async def _refresh(self) -> None:
         assert self.service is not None
@@ -89,6 +127,9 @@ class IdentityComponent:
                 await asyncio.wait_for(self._wake.wait(), timeout=period)
             self._wake.clear()
             try:
+                if self._reload:
+                    self._reload = False
+                    await run_in_threadpool(self.reload_ca)
                 await run_in_threadpool(self.service.regenerate_crl)
             except asyncio.CancelledError:
                 raise
@@ -98,16 +139,20 @@ class IdentityComponent:
 
     async def _serve_crl(self, host: str, port: int) -> None:
         assert self.service is not None
-        path = self.service.ca.paths.crl
+        service = self.service
 
-        async def crl(_: Request) -> Response:
+        async def crl(request: Request) -> Response:
+            name = request.path_params["name"]
+            issuer = next((c for c in service.ca.issuers if c.crl_name == name), None)
+            if issuer is None:
+                return Response("no such CRL\n", status_code=404, media_type="text/plain")
             try:
-                data = await run_in_threadpool(path.read_bytes)
+                data = await run_in_threadpool(issuer.crl_file.read_bytes)
             except OSError:
                 return Response("no CRL yet\n", status_code=503, media_type="text/plain")
             return Response(data, media_type="application/pkix-crl")
 
-        app = Starlette(routes=[Route("/crl/issuing.crl", crl)])
+        app = Starlette(routes=[Route("/crl/{name}.crl", crl)])
         from fleetwarden.service import bind_socket
 
         sock = bind_socket(host, port)

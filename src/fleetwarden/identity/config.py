@@ -75,6 +75,13 @@ class IdentitySettings(BaseModel):
         default=None, description="CRL distribution point; default http://<crl_host>:<crl_port>"
     )
     crl_validity_hours: float = Field(default=24.0, gt=0.01, le=24 * 30)
+    root_crl_days: int = Field(
+        default=365,
+        ge=1,
+        le=3650,
+        description="validity of the root's CRL (ARL), signed at `ca init`, `ca rollover` and "
+        "`ca root-crl`: the offline root must come back before it runs out",
+    )
     crl_refresh_fraction: float = Field(
         default=0.5, gt=0.05, lt=0.95, description="regenerate after this share of validity"
     )
@@ -87,6 +94,8 @@ class IdentitySettings(BaseModel):
             raise ValueError(f"allowed_key_types must be a non-empty subset of {KEY_TYPES}")
         return v
 
-    def crl_url(self) -> str:
+    def crl_url(self, name: str = "issuing") -> str:
+        """The CRL distribution point of an issuing CA (``issuing`` = generation 1,
+        ``issuing-<g>`` after rollovers)."""
         base = self.crl_public_url or f"http://{self.crl_host}:{self.crl_port}"
-        return base.rstrip("/") + "/crl/issuing.crl"
+        return base.rstrip("/") + f"/crl/{name}.crl"

@@ -142,7 +142,9 @@ async def cacerts(request: Request, label: str | None = None) -> Response:
     svc = _service(request)
     if svc is None:
         return _text(503, "the fleet CA is not initialised")
-    return _b64(pkcs7.serialize_certificates(svc.ca.chain, serialization.Encoding.DER))
+    # Every accepted issuing CA (after a rollover the retired one too, while devices
+    # still hold its certificates) and the root (RFC 7030 section 4.1.3).
+    return _b64(pkcs7.serialize_certificates(svc.ca.trusted, serialization.Encoding.DER))
 
 
 @router.get("/.well-known/est/csrattrs")
@@ -212,13 +214,16 @@ def _auth_header(status: int) -> dict[str, str] | None:
     return {"WWW-Authenticate": 'Basic realm="fleetwarden EST"'} if status == 401 else None
 
 
-@router.get("/crl/issuing.crl", include_in_schema=False)
-async def crl(request: Request) -> Response:
+@router.get("/crl/{name}.crl", include_in_schema=False)
+async def crl(request: Request, name: str) -> Response:
     svc = _service(request)
     if svc is None:
         return _text(503, "the fleet CA is not initialised")
+    issuer = next((c for c in svc.ca.issuers if c.crl_name == name), None)
+    if issuer is None:
+        return _text(404, "no such CRL")
     try:
-        data = await run_in_threadpool(svc.ca.paths.crl.read_bytes)
+        data = await run_in_threadpool(issuer.crl_file.read_bytes)
     except OSError:
         return _text(503, "no CRL yet")
     return Response(data, media_type="application/pkix-crl")

@@ -2,8 +2,8 @@
 
 - ``identity_certificates``: every certificate the fleet CA issued, with serial,
   fingerprints of the certificate and of its public key, validity, status and the
-  serial it replaced (history). A public key fingerprint belongs to one device only
-  (checked at issuance: mistake M1, shared keys).
+  serial it replaced (history) and the issuing CA's key id. A public key fingerprint
+  belongs to one device only (checked at issuance: mistake M1, shared keys).
 - ``identity_enrollment_tokens``: one-time bootstrap tokens, stored as SHA-256 only.
 - ``identity_rotation_policies``: lifetime, renewal point and maximum key age per group.
 - ``identity_device_keys``: per device, the current key, when it was first certified
@@ -41,6 +41,9 @@ class IssuedCertificate(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     der: Mapped[bytes] = mapped_column(LargeBinary)
+    #: hex SubjectKeyIdentifier of the issuing CA (which CRL lists it after a rollover);
+    #: NULL for rows from before migration 0003, all issued by generation 1
+    issuer_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class EnrollmentToken(Base):

@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
@@ -29,12 +30,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import String, insert, select, update
+from sqlalchemy import String, func, insert, or_, select, true, update
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
 from fleetwarden.errors import NotFoundError, ValidationError
-from fleetwarden.events import Event, Severity, authentication, device_config_change
+from fleetwarden.events import (
+    Activity,
+    Event,
+    EventClass,
+    Severity,
+    authentication,
+    device_config_change,
+)
 from fleetwarden.identity.ca import (
     DEVICE_URI_PREFIX,
     REASONS,
@@ -42,6 +50,7 @@ from fleetwarden.identity.ca import (
     check_public_key,
     device_id_of,
     public_key_fingerprint,
+    rollover_issuing,
     sha256_hex,
 )
 from fleetwarden.identity.errors import (
@@ -63,6 +72,7 @@ ENROLL_TOKEN_PREFIX = "fwe_"  # noqa: S105 (a prefix, not a secret)
 ISSUED = "certificate.issued"
 REVOKED = "certificate.revoked"
 REFUSED = "enrollment.refused"
+ROLLOVER = "ca.rollover"
 
 
 def aware(ts: datetime) -> datetime:
@@ -241,7 +251,7 @@ class IdentityService:
         now = now or datetime.now(UTC)
         if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
             raise EnrollmentAuthError("the client certificate is expired or not yet valid")
-        if not _issued_by(cert, self.ca.cert):
+        if not self._from_fleet_ca(cert):
             raise EnrollmentAuthError("the client certificate is not from the fleet CA")
         serial = format(cert.serial_number, "x")
         with self.registry.session() as s:
@@ -308,7 +318,7 @@ class IdentityService:
         if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
             raise EnrollmentAuthError("the client certificate is expired or not yet valid")
         presented = device_id_of(cert)
-        if _issued_by(cert, self.ca.cert):
+        if self._from_fleet_ca(cert):
             serial = format(cert.serial_number, "x")
             row = s.get(IssuedCertificate, serial)
             if row is None or row.kind != "device":
@@ -514,6 +524,7 @@ class IdentityService:
             "issued_via": via,
             "replaces_serial": prev_serial,
             "der": der,
+            "issuer_key_id": self.ca.key_id,
         }
         if bulk is not None:
             bulk["certs"].append(cert_row)
@@ -763,8 +774,22 @@ class IdentityService:
             )
         return serials
 
-    def revoked_entries(self) -> Iterator[tuple[int, datetime, str | None]]:
-        """Revoked, unexpired certificates: what the CRL must list."""
+    def _from_fleet_ca(self, cert: x509.Certificate) -> bool:
+        """Issued by the current or a retired (still accepted) issuing CA."""
+        return any(_issued_by(cert, ca.cert) for ca in self.ca.issuers)
+
+    @staticmethod
+    def _issuer_filter(issuer: FleetCA) -> Any:
+        cond = IssuedCertificate.issuer_key_id == issuer.key_id
+        if issuer.generation == 1:  # rows from before the issuer column: generation 1
+            cond = or_(cond, IssuedCertificate.issuer_key_id.is_(None))
+        return cond
+
+    def revoked_entries(
+        self, issuer: FleetCA | None = None
+    ) -> Iterator[tuple[int, datetime, str | None]]:
+        """Revoked, unexpired certificates: what the CRL must list (of ``issuer`` only,
+        when given)."""
         now = datetime.now(UTC)
         sqlite = self.registry.engine.dialect.name == "sqlite"
         # On SQLite, SQLAlchemy parses stored datetimes with a regex per value, which
@@ -775,9 +800,9 @@ class IdentityService:
         # Core connection, not the ORM session: no ORM row loading for 100k rows.
         with self.registry.engine.connect() as conn:
             rows = conn.execute(
-                select(
-                    IssuedCertificate.serial, when_col, IssuedCertificate.revocation_reason
-                ).where(IssuedCertificate.status == "revoked", IssuedCertificate.not_after > now)
+                select(IssuedCertificate.serial, when_col, IssuedCertificate.revocation_reason)
+                .where(IssuedCertificate.status == "revoked", IssuedCertificate.not_after > now)
+                .where(self._issuer_filter(issuer) if issuer is not None else true())
             ).all()
         # Naive datetimes are UTC everywhere in the registry, and cryptography reads naive
         # datetimes as UTC, so no per-row tz conversion is needed.
@@ -787,9 +812,110 @@ class IdentityService:
             yield int(serial, 16), when if when is not None else now, reason
 
     def regenerate_crl(self) -> x509.CertificateRevocationList:
-        crl = self.ca.build_crl(list(self.revoked_entries()))
-        self.ca.write_crl(crl)
+        """Publish a fresh CRL for every accepted issuing CA (the current one and the
+        retired ones whose certificates are still valid) and rewrite ``chain.pem`` and
+        the CRL bundle when they change; returns the current issuing CA's CRL."""
+        self.prune_retired()
+        crl = None
+        several = len(self.ca.issuers) > 1
+        for issuer in self.ca.issuers:
+            # With one issuing CA every revoked row is its own (no filter: the fast path).
+            c = issuer.build_crl(list(self.revoked_entries(issuer if several else None)))
+            issuer.write_crl(c)
+            if issuer is self.ca:
+                crl = c
+        self.ca.write_trust_files()
+        assert crl is not None
         return crl
+
+    def last_expiry(self, issuer: FleetCA) -> datetime | None:
+        """When the last certificate ``issuer`` issued expires (None: it issued none)."""
+        with self.registry.session() as s:
+            last = s.scalar(
+                select(func.max(IssuedCertificate.not_after)).where(self._issuer_filter(issuer))
+            )
+        return aware(last) if last is not None else None
+
+    def prune_retired(self, now: datetime | None = None) -> list[FleetCA]:
+        """Stop accepting retired issuing CAs whose last certificate has expired (they
+        leave ``chain.pem``, ``cacerts`` and the CRL bundle; their files stay in
+        ``retired/``). Returns the ones dropped."""
+        now = now or datetime.now(UTC)
+        dropped = []
+        for r in list(self.ca.retired):
+            last = self.last_expiry(r)
+            if last is None or last <= now:
+                self.ca.retired.remove(r)
+                dropped.append(r)
+        return dropped
+
+    def rollover(
+        self,
+        actor: Actor,
+        *,
+        root_dir: Path | None = None,
+        lifetime: timedelta | None = None,
+    ) -> dict[str, Any]:
+        """``fleetwarden ca rollover``: a new issuing CA from the root; the old one is
+        retired but kept (trusted, publishing its CRL) until its last certificate
+        expires. Records a ``ca.rollover`` event (the running service reloads on it)."""
+        result = rollover_issuing(self.ca, root_dir=root_dir, lifetime=lifetime)
+        self.ca = result.new
+        self.regenerate_crl()
+        old = result.retired
+        kept_until = self.last_expiry(old) if old in self.ca.retired else None
+        pem = serialization.Encoding.PEM
+        summary: dict[str, Any] = {
+            "generation": result.new.generation,
+            "issuing": {
+                "subject": result.new.cert.subject.rfc4514_string(),
+                "serial": format(result.new.cert.serial_number, "x"),
+                "key_id": result.new.key_id,
+                "not_after": result.new.cert.not_valid_after_utc.isoformat(),
+                "crl_url": result.new.crl_url,
+                "cert": str(self.ca.paths.issuing_cert),
+            },
+            "retired": {
+                "generation": old.generation,
+                "subject": old.cert.subject.rfc4514_string(),
+                "serial": format(old.cert.serial_number, "x"),
+                "key_id": old.key_id,
+                "not_after": old.cert.not_valid_after_utc.isoformat(),
+                "crl_url": old.crl_url,
+                "cert": str(self.ca.paths.retired_cert(old.generation)),
+                "trusted_until": kept_until.isoformat() if kept_until else None,
+            },
+            "accepted_issuers": [c.cert.subject.rfc4514_string() for c in self.ca.issuers],
+            "chain": str(self.ca.paths.chain),
+            "crl_bundle": str(self.ca.paths.crl_bundle),
+            "key_backend": self.settings.key_backend,
+        }
+        with self.registry.session() as s:
+            self.registry.record(
+                s,
+                Event(
+                    class_uid=EventClass.DEVICE_CONFIG_STATE_CHANGE,
+                    activity_id=int(Activity.UPDATE),
+                    message=(
+                        f"fleet CA rollover: issuing CA {result.new.generation} "
+                        f"({summary['issuing']['subject']}) replaces {old.generation}"
+                    ),
+                    severity_id=Severity.MEDIUM,
+                    actor=actor.name,
+                    device_uid=f"ca:{self.settings.ca_name}",
+                    src_ip=actor.src_ip,
+                    data={
+                        "unmapped": {
+                            "changes": {
+                                "identity_event": ROLLOVER,
+                                **{k: summary[k] for k in ("generation", "issuing", "retired")},
+                                "issuing_pem": result.new.cert.public_bytes(pem).decode(),
+                            }
+                        }
+                    },
+                ),
+            )
+        return summary
 
     # -- status ----------------------------------------------------------------------------
 
@@ -895,6 +1021,15 @@ def revocation_of(event: Event) -> tuple[str, list[str], list[str]] | None:
         [str(x) for x in changes.get("serials", [])],
         [str(x) for x in changes.get("fingerprints_sha256", [])],
     )
+
+
+def rollover_of(event: Event) -> dict[str, Any] | None:
+    """For consumers (identity in ``up``, gateway): the changes of a ``ca.rollover``
+    event, else None."""
+    changes = event.data.get("unmapped", {}).get("changes", {})
+    if not isinstance(changes, dict) or changes.get("identity_event") != ROLLOVER:
+        return None
+    return changes
 
 
 def token_hash(secret: str) -> str:

@@ -110,7 +110,7 @@ class ServerTls:
 
 def client_ca_bundle(ca: FleetCA, manufacturer: list[x509.Certificate]) -> str:
     pem = serialization.Encoding.PEM
-    return "".join(c.public_bytes(pem).decode() for c in [*ca.chain, *manufacturer])
+    return "".join(c.public_bytes(pem).decode() for c in [*ca.trusted, *manufacturer])
 
 
 def build_context(

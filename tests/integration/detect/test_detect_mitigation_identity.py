@@ -179,7 +179,7 @@ def test_cli_approve_revokes_with_the_ca_on_disk(
         out, err = capsys.readouterr()
         return code, out, err
 
-    assert run("init")[0] == 0
+    assert run("init", "--no-ca")[0] == 0
     s = load_settings(data_dir)
     reg = Registry.open(s.effective_database_url)
     try:

@@ -70,7 +70,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 def test_up_runs_broker_and_device_connects(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert _fw(data, "init").returncode == 0
+    assert _fw(data, "init", "--no-ca").returncode == 0
     pki = ScratchPKI(tmp_path / "pki")
     server = pki.server("localhost")
     mqtt_port = _free_port()
@@ -126,7 +126,7 @@ def test_up_runs_broker_and_device_connects(tmp_path: Path) -> None:
 
 def test_up_without_certificates_skips_gateway(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert _fw(data, "init").returncode == 0
+    assert _fw(data, "init", "--no-ca").returncode == 0
     proc = _up(data, _free_port(), {})
     out = _stop(proc)
     assert "gateway not started" in out and "gateway.cert_file" in out
@@ -134,7 +134,7 @@ def test_up_without_certificates_skips_gateway(tmp_path: Path) -> None:
 
 def test_up_refuses_without_broker_binary(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    assert _fw(data, "init").returncode == 0
+    assert _fw(data, "init", "--no-ca").returncode == 0
     pki = ScratchPKI(tmp_path / "pki")
     server = pki.server("localhost")
     env = {

@@ -140,8 +140,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         "[identity]\n"
         f"crl_port = {crl_port}\n"
         f'manufacturer_ca_file = "{data.parent / "manufacturer.pem"}"\n'
-        # a free port, not 8883: another broker on this machine may hold the default
+        # the managed broker runs too (the fleet CA exists): never on the shared 8883
         "[gateway]\n"
+        'host = "127.0.0.1"\n'
         f"port = {free_port()}\n"
     )
     os.environ.pop("FLEETWARDEN_CA_PASSPHRASE", None)

@@ -127,3 +127,58 @@ def test_ca_keys_on_the_token(token, tmp_path: Path) -> None:
         and cert.signature_hash_algorithm.name == hashes.SHA256().name
     )
     assert ca.key.attribute("EXTRACTABLE") is False  # type: ignore[attr-defined]
+
+
+def test_rollover_with_keys_on_the_token(token, tmp_path: Path, registry) -> None:
+    """Issuing-CA rollover with the pkcs11 backend: the root key on the token signs the
+    new issuing CA, whose key is generated on the token under a new label; the retired
+    CA's key (old label) keeps signing its CRL; openssl accepts both chains."""
+    import secrets
+
+    from fleetwarden.identity.ca import FleetCA, RootUnavailableError
+    from fleetwarden.identity.service import IdentityService
+    from fleetwarden.registry import Actor
+
+    name = f"roll{secrets.token_hex(4)}"  # one token for the module: labels must differ
+    s = IdentitySettings(
+        key_backend="pkcs11", pkcs11_module=MODULE, pkcs11_token_label=token, ca_name=name
+    )
+    ca = init_ca(tmp_path, s)
+    svc = IdentityService(registry, ca)
+    actor = Actor("test")
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    old_leaf = ca.issue_device("d-old", ec.generate_private_key(ec.SECP256R1()).public_key())
+    svc.record_server_certificate(old_leaf, actor)  # recorded: keeps the old CA trusted
+    with pytest.raises(RootUnavailableError, match="file key backend"):
+        svc.rollover(actor, root_dir=tmp_path)
+    summary = svc.rollover(actor)
+    assert summary["generation"] == 2
+    new = svc.ca
+    assert new.key.attribute("EXTRACTABLE") is False  # type: ignore[attr-defined]
+    assert new.key.attribute("LABEL") == f"{name}-issuing-2"  # type: ignore[attr-defined]
+    assert [c.generation for c in new.issuers] == [2, 1]
+    new_leaf = new.issue_device("d-new", ec.generate_private_key(ec.SECP256R1()).public_key())
+    new_leaf.verify_directly_issued_by(new.cert)
+    # a fresh load finds both keys on the token by their labels
+    again = FleetCA.load(tmp_path, s)
+    assert again.generation == 2
+    svc2 = IdentityService(registry, again)
+    svc2.regenerate_crl()
+    old_crl = x509.load_der_x509_crl(again.retired[0].crl_file.read_bytes())
+    assert old_crl.is_signature_valid(again.retired[0].cert.public_key())  # type: ignore[arg-type]
+    paths = CaPaths.of(tmp_path)
+    for name, leaf in (("old", old_leaf), ("new", new_leaf)):
+        (tmp_path / f"{name}.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        p = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-crl_check_all",
+                *("-CAfile", str(paths.root_cert), "-untrusted", str(paths.chain)),
+                *("-CRLfile", str(paths.crl_bundle), str(tmp_path / f"{name}.pem")),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr

@@ -141,3 +141,46 @@ def test_ca_keys_in_the_tpm(tcti, tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stdout + p.stderr
     ca.key.close()  # type: ignore[attr-defined]
+
+
+def test_rollover_with_keys_in_the_tpm(tcti, tmp_path: Path, registry) -> None:
+    """Issuing-CA rollover with the tpm backend: the root (in the TPM) signs a new
+    issuing CA whose key is derived under a new label; after a reload both issuing keys
+    are found again and both chains verify with -crl_check_all."""
+    from fleetwarden.identity.ca import FleetCA
+    from fleetwarden.identity.service import IdentityService
+    from fleetwarden.registry import Actor
+
+    s = IdentitySettings(key_backend="tpm", tpm_tcti=tcti, ca_name=f"tpmroll{id(registry)}")
+    ca = init_ca(tmp_path, s)
+    actor = Actor("test")
+    svc = IdentityService(registry, ca)
+    old_leaf = ca.issue_device("t-old", ec.generate_private_key(ec.SECP256R1()).public_key())
+    svc.record_server_certificate(old_leaf, actor)
+    svc.rollover(actor)
+    new_leaf = svc.ca.issue_device("t-new", ec.generate_private_key(ec.SECP256R1()).public_key())
+    assert svc.ca.key.public_key() != ca.key.public_key()
+    for c in (ca, svc.ca):
+        c.key.close()  # type: ignore[attr-defined]
+    again = FleetCA.load(tmp_path, s)
+    try:
+        assert [c.generation for c in again.issuers] == [2, 1]
+        IdentityService(registry, again).regenerate_crl()
+        paths = CaPaths.of(tmp_path)
+        for name, leaf in (("old", old_leaf), ("new", new_leaf)):
+            (tmp_path / f"{name}.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+            p = subprocess.run(
+                [
+                    "openssl",
+                    "verify",
+                    "-crl_check_all",
+                    *("-CAfile", str(paths.root_cert), "-untrusted", str(paths.chain)),
+                    *("-CRLfile", str(paths.crl_bundle), str(tmp_path / f"{name}.pem")),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        for c in again.issuers:
+            c.key.close()  # type: ignore[attr-defined]

@@ -103,3 +103,74 @@ def test_unreachable_postgres_is_one_line(
     monkeypatch.setenv("FLEETWARDEN_DATABASE_URL", "notaurl")
     code, _, err = run(capsys, "device", "list")
     assert code == 78 and "database URL" in err
+
+
+def test_init_creates_the_fleet_ca_once(capsys: pytest.CaptureFixture[str], data_dir: Path) -> None:
+    code, out, err = run(capsys, "init", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    ident = data_dir / "identity"
+    assert info["ca"]["root"] == str(ident / "root.crt")
+    assert (ident / "issuing.crt").exists() and (ident / "crl" / "all.crl.pem").exists()
+    # file backend, no passphrase configured: generated and kept 0600 (as `ca init` does)
+    assert stat.S_IMODE(os.stat(ident / "ca.pass").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(ident / "issuing.key").st_mode) == 0o600
+    before = (ident / "issuing.crt").read_bytes()
+    code, out, _ = run(capsys, "init", "--json")
+    assert code == 0 and json.loads(out)["ca"] is None  # exists: left alone
+    assert (ident / "issuing.crt").read_bytes() == before
+    code, _, err = run(capsys, "ca", "init")
+    assert code == 73 and "already exists" in err
+
+
+def test_init_no_ca_then_ca_init(capsys: pytest.CaptureFixture[str], data_dir: Path) -> None:
+    code, out, _ = run(capsys, "init", "--no-ca")
+    assert code == 0 and "admin API token" in out and "fleet CA" not in out
+    assert not (data_dir / "identity").exists()
+    assert run(capsys, "ca", "init")[0] == 0
+
+
+def test_init_keeps_the_admin_token_when_the_ca_fails(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWARDEN_IDENTITY__KEY_BACKEND", "pkcs11")
+    monkeypatch.setenv("FLEETWARDEN_IDENTITY__PKCS11_MODULE", str(data_dir / "nope.so"))
+    code, out, err = run(capsys, "init")
+    assert code == 69, err
+    assert "admin API token" in out and "fwt_" in out  # printed before the CA failed
+    assert "fleetwarden ca init" in out and "Traceback" not in out + err
+
+
+def test_ca_rollover_cli(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
+    assert run(capsys, "init")[0] == 0
+    usb = tmp_path / "usb"
+    assert run(capsys, "ca", "export-root", "--out", str(usb), "--remove")[0] == 0
+    code, _, err = run(capsys, "ca", "rollover")
+    assert code == 69 and "--root-dir" in err and "Traceback" not in err
+    code, out, err = run(capsys, "ca", "rollover", "--root-dir", str(usb), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["generation"] == 2 and summary["retired"]["generation"] == 1
+    assert summary["issuing"]["crl_url"].endswith("/crl/issuing-2.crl")
+    code, out, err = run(capsys, "ca", "rollover", "--root-dir", str(usb), "--days", "20")
+    assert code == 2  # below the minimum lifetime: refused by the option check
+    code, out, err = run(capsys, "ca", "rollover", "--root-dir", str(usb))
+    assert code == 0, err
+    assert "generation 2 -> 3" in out and "take it offline again" in out
+    code, out, err = run(capsys, "ca", "root-crl", "--root-dir", str(usb))
+    assert code == 0 and "root CRL written" in out, err
+    code, _, err = run(capsys, "ca", "root-crl")
+    assert code == 69 and "--root-dir" in err
+
+
+def test_ca_rollover_refuses_a_root_expiring_first(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWARDEN_IDENTITY__ROOT_LIFETIME_DAYS", "90")
+    assert run(capsys, "init")[0] == 0
+    code, _, err = run(capsys, "ca", "rollover")
+    assert code == 73 and "roll the root over" in err and "--days" in err
+    code, out, err = run(capsys, "ca", "rollover", "--days", "60", "--json")
+    assert code == 0, err

@@ -127,3 +127,39 @@ def test_create_bus() -> None:
     assert isinstance(create_bus("memory://"), InProcessBus)
     with pytest.raises(ConfigError):
         create_bus("kafka://x")
+
+
+def test_bus_publish_survives_a_subscribe_while_it_waits() -> None:
+    """`up` starts the outbox relay before the components that subscribe: a subscriber
+    added while a publish waits on a full queue must not abort that publish half-way."""
+
+    async def run() -> list[str]:
+        bus = InProcessBus(queue_size=1)
+        seen: list[str] = []
+        release = asyncio.Event()
+
+        async def slow(e: Event) -> None:
+            await release.wait()
+            seen.append(e.message)
+
+        async def other(_: Event) -> None:
+            return None
+
+        bus.subscribe("slow", slow)
+        bus.subscribe("b", other)
+        await bus.start()
+        ev = [
+            authentication(device_uid="d", src_ip=None, success=True, message=m, protocol="x")
+            for m in ("1", "2", "3")
+        ]
+        await bus.publish(ev[0])  # taken by the handler, which now waits
+        await bus.publish(ev[1])  # fills the queue of size 1
+        pending = asyncio.create_task(bus.publish(ev[2]))  # waits on slow's full queue
+        await asyncio.sleep(0.01)
+        bus.subscribe("late", other)  # the dict changes while publish() waits
+        release.set()
+        await pending  # no RuntimeError: dictionary changed size during iteration
+        await bus.close()
+        return seen
+
+    assert asyncio.run(run()) == ["1", "2", "3"]

@@ -156,3 +156,28 @@ def test_monitor_survives_malformed_reports(rec: dict[str, object]) -> None:
     if ev is not None:
         ev.to_ocsf()  # serialisable whatever came in
         assert ev.device_uid is None or len(ev.device_uid) <= 256
+
+
+def test_crl_serials_reads_every_crl_of_a_pem_bundle(tmp_path: Path) -> None:
+    """After an issuing-CA rollover the fleet CA publishes one CRL per issuing CA in
+    one PEM file: the serials of all of them are refused."""
+    a, b = ScratchPKI(tmp_path / "a"), ScratchPKI(tmp_path / "b")
+    da, db = a.device("d1"), b.device("d2")
+    a.revoke(da)
+    b.revoke(db)
+    bundle = tmp_path / "all.crl.pem"
+    bundle.write_bytes(
+        a.write_crl(tmp_path / "a.pem", pem=True).read_bytes()
+        + b.write_crl(tmp_path / "b.pem", pem=True).read_bytes()
+    )
+    assert crl_serials(bundle) == {
+        format(da.cert.serial_number, "x"),
+        format(db.cert.serial_number, "x"),
+    }
+    (tmp_path / "junk.pem").write_bytes(b"-----BEGIN NOTHING-----\n")
+    with pytest.raises(ValueError, match="no PEM CRL"):
+        crl_serials(tmp_path / "junk.pem")
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(bundle.read_bytes().replace(b"MI", b"xx", 1))
+    with pytest.raises(ValueError):
+        crl_serials(broken)

@@ -208,3 +208,58 @@ def test_resigning_path(algorithm: str) -> None:
     assert csr.is_signature_valid and csr.public_key() == backend.public_key()
     if algorithm == "ec-p384":
         assert isinstance(cert.signature_hash_algorithm, hashes.SHA384)
+
+
+def test_root_crl_and_bundle(ca: FleetCA) -> None:
+    """The root's CRL (ARL) exists from the start, is signed by the root, never outlives
+    it, and sits in the bundle with the issuing CA's CRL."""
+    paths = ca.paths
+    arl = x509.load_der_x509_crl(paths.root_crl.read_bytes())
+    assert arl.issuer == ca.root.subject
+    assert arl.is_signature_valid(ca.root.public_key())  # type: ignore[arg-type]
+    assert list(arl) == []
+    idp = arl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    assert idp.only_contains_ca_certs and idp.full_name is None
+    assert arl.next_update_utc is not None
+    assert arl.next_update_utc <= ca.root.not_valid_after_utc
+    assert paths.crl_bundle.read_bytes() == ca.crl_pem_file.read_bytes() + (
+        paths.root_crl_pem.read_bytes()
+    )
+    assert x509.load_pem_x509_certificates(paths.chain.read_bytes()) == [ca.cert, ca.root]
+
+
+def test_generation_state_file_is_validated(ca: FleetCA, tmp_path: Path) -> None:
+    paths = ca.paths
+    assert paths.generation() == 1 and ca.crl_name == "issuing"
+    for bad in (
+        '{"generation": 0}',
+        '{"generation": "2"}',
+        "[1]",
+        "not json",
+        '{"generation": true}',
+    ):
+        paths.state.write_text(bad)
+        with pytest.raises(KeyBackendError, match="ca-state.json"):
+            paths.generation()
+    paths.state.unlink()
+    s = IdentitySettings(crl_public_url="http://crl.example:8080/")
+    assert s.crl_url() == "http://crl.example:8080/crl/issuing.crl"
+    assert s.crl_url("issuing-3") == "http://crl.example:8080/crl/issuing-3.crl"
+    # only well-formed retired file names count
+    paths.retired_dir.mkdir()
+    for name in ("issuing-2.crt", "issuing-x.crt", "issuing-02.crt", "other.crt"):
+        (paths.retired_dir / name).write_text("")
+    assert paths.retired_generations() == [2]
+
+
+def test_intermediate_never_outlives_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLEETWARDEN_CA_PASSPHRASE", raising=False)
+    ca = init_ca(tmp_path, IdentitySettings(root_lifetime_days=40, issuing_lifetime_days=400))
+    assert ca.cert.not_valid_after_utc <= ca.root.not_valid_after_utc  # clamped at init
+    from fleetwarden.identity.ca import RootExpiringError, rollover_issuing
+
+    with pytest.raises(RootExpiringError):
+        rollover_issuing(ca)
+    assert not ca.paths.state.exists()
