@@ -8,10 +8,13 @@ space (``log1p`` of the per-window count, so heavy-tailed counts become tame):
 - a robust scale per 6-hour block: the mean absolute deviation of residuals, each
   clipped at ``CLIP`` scales (Huber), i.e. a streaming M-estimate between mean/MAD and
   median/MAD: one outlier moves it by a bounded step;
-- byte counts divided by a learned bytes-per-message unit, so they share the Poisson
-  behaviour of message counts (``U_OFF``);
-- a one-sided CUSUM of the standardised residual, which catches sustained moderate
-  increases (slow-drip exfiltration) that no single window shows.
+- byte counts read as ``unit x (messages + overhead)``: a learned bytes-per-message unit
+  (``U_OFF``) and a learned per-window overhead in message units (``O_OFF``, from windows
+  with at most 2 messages), so bytes no message explains stand out even in a window
+  with no message (slow drip in a quiet hour);
+- a one-sided CUSUM of the standardised residual, capped at twice its interval, which
+  catches sustained moderate increases that no single window shows and clears soon
+  after they end.
 
 Novelty: 32-bit CRC hashes of source networks, topics, destination networks, listening
 ports, certificate fingerprint and firmware version, in fixed slots. After the learning
