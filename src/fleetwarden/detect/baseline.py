@@ -8,10 +8,13 @@ space (``log1p`` of the per-window count, so heavy-tailed counts become tame):
 - a robust scale per 6-hour block: the mean absolute deviation of residuals, each
   clipped at ``CLIP`` scales (Huber), i.e. a streaming M-estimate between mean/MAD and
   median/MAD: one outlier moves it by a bounded step;
-- byte counts divided by a learned bytes-per-message unit, so they share the Poisson
-  behaviour of message counts (``U_OFF``);
-- a one-sided CUSUM of the standardised residual, which catches sustained moderate
-  increases (slow-drip exfiltration) that no single window shows.
+- byte counts read as ``unit x (messages + overhead)``: a learned bytes-per-message unit
+  (``U_OFF``) and a learned per-window overhead in message units (``O_OFF``, from windows
+  with at most 2 messages), so bytes no message explains stand out even in a window
+  with no message (slow drip in a quiet hour);
+- a one-sided CUSUM of the standardised residual, capped at twice its interval, which
+  catches sustained moderate increases that no single window shows and clears soon
+  after they end.
 
 Novelty: 32-bit CRC hashes of source networks, topics, destination networks, listening
 ports, certificate fingerprint and firmware version, in fixed slots. After the learning
@@ -47,15 +50,18 @@ BASELINE_METRICS = (
     "authz_failures",
 )
 NM = len(BASELINE_METRICS)
-STRIDE = 54  # 24 weekday + 24 weekend hourly levels, 4 block scales, cusum, byte unit
+#: 24 weekday + 24 weekend hourly levels, 4 block scales, cusum, byte unit, byte overhead
+STRIDE = 55
 S_OFF = 48
 C_OFF = 52
 U_OFF = 53
+O_OFF = 54
 #: byte metrics are judged in "message equivalents" (bytes / learned bytes per message):
 #: bytes are a compound count, zero-inflated at low rates (0 or a whole payload), which
 #: a log scale alone would read as wild swings
 BYTE_METRICS = {1: 0, 2: 0}  # metric index -> index of the message count it rides on
 CLIP = 3.0
+_VOLUME_MASK = 0b111  # messages_sent, bytes_sent, bytes_out
 #: novelty kinds and their slot counts in the hash array
 NOVELTY = (
     ("source_network", 6),
@@ -88,6 +94,10 @@ class BaselineConfig:
     cusum_h: float = 7.0
     #: scale floor in log1p units: below it noise is not "normal variation" but quantisation
     scale_floor: float = 0.12
+    #: noise floor of a byte metric in a window with few messages, in log1p units at zero
+    #: messages (divided by sqrt(1 + expected messages)): the byte count of a quiet window
+    #: is the device's fixed per-window overhead, not a compound of Poisson messages
+    byte_floor: float = 0.15
     #: slowest learning rate (per sample of an hour bucket)
     alpha_min: float = 0.03
     #: IPv4/IPv6 prefix lengths that make a "network" for source and destination novelty
@@ -268,17 +278,37 @@ class Baselines:
             if i in BYTE_METRICS:
                 unit = lv[base + U_OFF]
                 msgs = getattr(mw, BASELINE_METRICS[BYTE_METRICS[i]])
-                if msgs and (learning or not (b.alarm >> i) & 1):
+                ovh = lv[base + O_OFF]
+                # nothing is learned while any volume metric of the device is in alarm:
+                # bytes of an attack must not become the device's unit or overhead
+                calm = learning or not b.alarm & _VOLUME_MASK
+                if msgs and calm:
                     ratio = raw / msgs
                     ua = 1.0 / (b.n + 1) if learning else 0.001
                     unit = lv[base + U_OFF] = unit + max(ua, 0.001) * (ratio - unit)
-                x = math.log1p(raw / unit) if unit > 1.0 else math.log1p(raw / 512.0)
+                if unit > 1.0:
+                    u = raw / unit
+                    if msgs is not None and msgs <= 2 and calm:
+                        # the per-window overhead (keep-alives, the agent's own reports)
+                        # in message units, learned from windows with few messages
+                        obs = u - msgs
+                        obs = 0.0 if obs < 0.0 else min(obs, 2.0 * ovh + 0.5)
+                        ovh = lv[base + O_OFF] = ovh + (0.05 if learning else 0.002) * (obs - ovh)
+                else:
+                    u = raw / 512.0
+                x = math.log1p(u)
                 if msgs is not None:
-                    # bytes per message: the device's own traffic noise cancels out, so
-                    # extra bytes riding on normal messages (slow drip) stand out; with
-                    # few messages the fixed per-window overhead dominates, hence the floor
-                    x -= math.log1p(msgs)
-                    count_floor = 0.5 / math.sqrt(1.0 + msgs)
+                    # bytes against what the window's messages plus the device's overhead
+                    # explain: the device's own traffic noise cancels out, and extra bytes
+                    # (slow drip) stand out even in a window with no message at all
+                    expected = msgs + ovh
+                    x -= math.log1p(expected)
+                    if math.log1p(msgs) < lv[slot] - 1.4:
+                        # far fewer messages than this hour has (a quarter): the overhead
+                        # is extrapolated for this device, so the wide Poisson floor
+                        count_floor = 0.5 / math.sqrt(1.0 + msgs)
+                    else:
+                        count_floor = cfg.byte_floor / math.sqrt(1.0 + expected)
                 else:
                     count_floor = 0.5 / math.sqrt(1.0 + math.expm1(lv[base + slot]))
             else:
@@ -320,6 +350,10 @@ class Baselines:
                 cus = lv[base + C_OFF] + (z if z < 6.0 else 6.0) - k
                 if cus < 0.0:
                     cus = 0.0
+                elif cus > 2.0 * h_alarm:
+                    # capped: after a long attack the alarm clears within ~10 windows, so
+                    # the next attack on the device is a new alert, not a repeat
+                    cus = 2.0 * h_alarm
                 lv[base + C_OFF] = cus
                 anomalous = z > z_alarm or cus > h_alarm
                 if anomalous:
@@ -440,7 +474,7 @@ class Baselines:
     # persistence: a restart must not forget a week of learning --------------------------
 
     def dumps(self) -> bytes:
-        """Snapshot of every device and group profile: ``FWBL1`` magic, records
+        """Snapshot of every device and group profile: ``FWBL2`` magic, records
         (tag, key, state), CRC-32 of all that at the end."""
         out = [MAGIC]
         for tag, table in ((b"D", self.devices), (b"G", self.groups)):
@@ -455,6 +489,8 @@ class Baselines:
     def loads(self, raw: bytes) -> int:
         """Load a snapshot; return the number of devices. A damaged snapshot loads nothing
         (and raises ``ValueError``): a half-read baseline would judge devices wrongly."""
+        if raw.startswith(b"FWBL1\n"):
+            raise ValueError("baseline snapshot of an older format (FWBL1): relearning")
         if not raw.startswith(MAGIC):
             raise ValueError("not a baseline snapshot (bad magic)")
         raw, crc = raw[:-4], raw[-4:]
@@ -480,5 +516,5 @@ class Baselines:
 
 
 _KIND_INDEX = {k: i for i, (k, _) in enumerate(NOVELTY)}
-MAGIC = b"FWBL1\n"
+MAGIC = b"FWBL2\n"  # 2: byte overhead per metric (55 floats)
 _STATE_LEN = len(DeviceBaseline().to_bytes())

@@ -61,8 +61,12 @@ class ScenarioParams:
     clone_msgs_factor: tuple[float, float] = (0.2, 2.0)
     burst_factor: tuple[float, float] = (8.0, 100.0)
     burst_windows: tuple[int, int] = (1, 3)
+    #: the drip rate: extra bytes per window = factor x the device's bytes in a window of
+    #: that hour carrying at least one message (payload x 1.15 + 400 B overhead); in a
+    #: quiet hour of an office device that is 0.6-6.9 KB per window (payloads 80-900 B)
     drip_factor: tuple[float, float] = (1.5, 4.0)
     drip_windows: tuple[int, int] = (36, 144)
+    #: share of drips that go to a destination the device never talked to (novelty)
     drip_new_destination: float = 0.5
     scan_topics: tuple[int, int] = (15, 200)
     scan_denied: tuple[float, float] = (0.5, 1.0)

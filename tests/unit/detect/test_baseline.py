@@ -6,6 +6,9 @@ import math
 import random
 
 from fleetwarden.detect.baseline import (
+    C_OFF,
+    O_OFF,
+    STRIDE,
     BaselineConfig,
     Baselines,
     DeviceBaseline,
@@ -98,6 +101,51 @@ def test_attack_is_not_learned_quickly() -> None:
     assert raised == 1  # one alert, held open (not re-learned, not repeated)
 
 
+def test_quiet_hours_drip_without_messages_is_caught_within_two_windows() -> None:
+    """Slow drip at night to a known destination, not over MQTT: a few KB per window on
+    a device that sends 0-2 messages then. The bytes are judged against what the
+    window's messages plus the device's learned per-window overhead explain."""
+    rng = random.Random(8)
+    b = Baselines({"*": BaselineConfig(learning_windows=7 * DAY)})
+    learn(b, "d1", 8, rng)
+    night = 8 * DAY + 2 * 12  # Tuesday 02:00
+    hit = []
+    for k in range(6):
+        mw = office(rng, "d1", night + k)
+        mw.bytes_out = (mw.bytes_out or 0) + 1500  # ~4 messages' worth, no message
+        if any(f.metric == "bytes_out" for f in b.observe(mw, ("offices",))):
+            hit.append(k + 1)
+    assert hit and hit[0] <= 2, hit
+    assert hit == [hit[0]]  # one finding, held while the drip goes on
+    # the overhead was learned (about 200 bytes per window), not the drip
+    ovh = b.devices["d1"].lv[2 * STRIDE + O_OFF]
+    assert 0.3 < ovh < 0.9, ovh  # 200 / 340 bytes per message
+
+
+def test_bytes_out_cusum_is_capped_so_the_alarm_clears_after_an_attack() -> None:
+    rng = random.Random(9)
+    b = Baselines({"*": BaselineConfig(learning_windows=7 * DAY)})
+    learn(b, "d1", 8, rng)
+    start = 8 * DAY  # Tuesday 00:00; the office is quiet until 08:00
+    for k in range(60):  # a long drip: the CUSUM must not grow without bound
+        mw = office(rng, "d1", start + k)
+        mw.bytes_out = (mw.bytes_out or 0) + 3000
+        b.observe(mw, ("offices",))
+    assert b.devices["d1"].lv[2 * STRIDE + C_OFF] <= 2 * BaselineConfig().cusum_h
+    for k in range(60, 84):  # the drip ends: the alarm clears within 24 windows
+        b.observe(office(rng, "d1", start + k), ("offices",))
+    assert not b.devices["d1"].alarm & 0b100
+    # a second drip is a new finding
+    found = [f for k in range(2) for f in b.observe(_drip(rng, start + 85 + k), ("offices",))]
+    assert any(f.metric == "bytes_out" for f in found)
+
+
+def _drip(rng: random.Random, i: int) -> MetricWindow:
+    mw = office(rng, "d1", i)
+    mw.bytes_out = (mw.bytes_out or 0) + 3000
+    return mw
+
+
 def test_cold_start_from_peer_group() -> None:
     rng = random.Random(4)
     b = Baselines({"*": BaselineConfig(learning_windows=7 * DAY)})
@@ -155,7 +203,8 @@ def test_snapshot_round_trip_and_damage() -> None:
     assert [(f.kind, f.metric) for f in b.observe(mw, ("offices",))] == [
         (f.kind, f.metric) for f in c.observe(mw, ("offices",))
     ]
-    for bad in (b"nope", raw[:-10], raw[:20] + b"X" + raw[21:]):
+    old_format = b"FWBL1\n" + raw[6:]
+    for bad in (b"nope", raw[:-10], raw[:20] + b"X" + raw[21:], old_format):
         d = Baselines()
         with pytest.raises(ValueError):
             d.loads(bad)
