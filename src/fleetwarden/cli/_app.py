@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -115,7 +114,7 @@ def up(
     port: Annotated[int | None, typer.Option(help="API listen port.")] = None,
 ) -> None:
     """Run the control plane: the admin API now; the controls join as they land."""
-    from fleetwarden.service import Context, serve
+    from fleetwarden.service import Context, run, serve
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -137,7 +136,7 @@ def up(
         console.print("press Ctrl-C to stop")
 
     try:
-        asyncio.run(serve(s, reg, on_ready=ready))
+        run(serve(s, reg, on_ready=ready))
     except KeyboardInterrupt:
         console.print("stopped")
     finally:
