@@ -16,15 +16,21 @@ What each figure measures (no shortcuts hidden):
   EST path writes, one transaction per batch;
 - "bare loop": ``cryptography`` alone: load CSR, check its signature, sign a certificate
   with the same extensions, DER-encode; no policy, no storage;
-- "EST": the real ``fleetwarden up`` process (SQLite), N client threads each with its own
-  keep-alive HTTPS connection and a factory client certificate (mTLS), one
-  ``simpleenroll`` per device; every request is a full enrolment (auth, policy, M1 check,
-  sign, one transaction with the event);
+- "EST": the real ``fleetwarden up`` process (SQLite, gateway and audit log running as
+  in production) and a load client on the same machine (``est_load.py``: several
+  processes, raw ``ssl`` sockets, everything prepared before the timed phase). One
+  device session = a new mTLS connection with the device's factory certificate, then
+  over that keep-alive connection ``GET cacerts``, ``GET csrattrs`` and ``POST
+  simpleenroll``; every enrolment is complete (auth, policy, M1 claim, sign, one
+  transaction with the event). Baselines from the same server in the same run: ``GET
+  cacerts`` (and ``/health``) over keep-alive HTTPS from ``wrk`` (when installed) and
+  from this client;
 - "CRL": ``IdentityService.regenerate_crl`` (registry query, build, sign, write DER + PEM)
   with N revoked certificates in the registry; baseline: ``cryptography`` building and
   signing the same CRL from in-memory entries.
 
-    python benchmarks/bench_identity.py [--certs N] [--est N] [--threads T] [--crl N]
+    python benchmarks/bench_identity.py [--certs N] [--est N] [--procs P] [--crl N]
+                                        [--wrk-seconds S] [--only core|crl|est]
 """
 
 from __future__ import annotations
@@ -178,12 +184,11 @@ def _wrk(url: str, seconds: int, conns: int) -> float | None:
     raise RuntimeError(f"unexpected wrk output: {out}")
 
 
-def bench_est(n: int, procs: int, workers: int, wrk_seconds: int) -> list[str]:
+def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
     d = Path(tempfile.mkdtemp(prefix="fw-bench-est-"))
     data = d / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
     env["FLEETWARDEN_DATA_DIR"] = str(data)
-    env["FLEETWARDEN_API_WORKERS"] = str(workers)
     # manufacturer CA for the factory client certificates
     mkey = ec.generate_private_key(ec.SECP256R1())
     mname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench factory CA")])
@@ -272,7 +277,7 @@ def bench_est(n: int, procs: int, workers: int, wrk_seconds: int) -> list[str]:
     ref = wrk_cacerts or ka.rate
     lines = [
         f"| EST session per device: new mTLS connection (factory certificate), GET cacerts, "
-        f"GET csrattrs, POST simpleenroll; {procs} client processes, {workers} API worker(s) "
+        f"GET csrattrs, POST simpleenroll; {procs} client processes "
         f"| {n:,} | {enrol.rate:,.0f} enrollments/s | {enrol.rate / ref:.0%} of cacerts req/s |",
         f"| baseline: GET cacerts, keep-alive HTTPS, this client, {procs} processes "
         f"| {ka.ok:,} | {ka.rate:,.0f} req/s | |",
@@ -346,7 +351,6 @@ def main() -> None:
     ap.add_argument("--certs", type=int, default=5000)
     ap.add_argument("--est", type=int, default=2000)
     ap.add_argument("--procs", type=int, default=8, help="EST load client processes")
-    ap.add_argument("--workers", type=int, default=1, help="API worker processes (api_workers)")
     ap.add_argument("--wrk-seconds", type=int, default=5)
     ap.add_argument("--only", choices=["core", "crl", "est"], default=None)
     ap.add_argument("--crl", type=int, default=100_000)
@@ -356,7 +360,7 @@ def main() -> None:
     parts = {
         "core": lambda: bench_core(a.certs),
         "crl": lambda: bench_crl(a.crl),
-        "est": lambda: bench_est(a.est, a.procs, a.workers, a.wrk_seconds),
+        "est": lambda: bench_est(a.est, a.procs, a.wrk_seconds),
     }
     for name, part in parts.items():
         if a.only in (None, name):
