@@ -16,15 +16,21 @@ What each figure measures (no shortcuts hidden):
   EST path writes, one transaction per batch;
 - "bare loop": ``cryptography`` alone: load CSR, check its signature, sign a certificate
   with the same extensions, DER-encode; no policy, no storage;
-- "EST": the real ``fleetwarden up`` process (SQLite), N client threads each with its own
-  keep-alive HTTPS connection and a factory client certificate (mTLS), one
-  ``simpleenroll`` per device; every request is a full enrolment (auth, policy, M1 check,
-  sign, one transaction with the event);
+- "EST": the real ``fleetwarden up`` process (SQLite, gateway and audit log running as
+  in production) and a load client on the same machine (``est_load.py``: several
+  processes, raw ``ssl`` sockets, everything prepared before the timed phase). One
+  device session = a new mTLS connection with the device's factory certificate, then
+  over that keep-alive connection ``GET cacerts``, ``GET csrattrs`` and ``POST
+  simpleenroll``; every enrolment is complete (auth, policy, M1 claim, sign, one
+  transaction with the event). Baselines from the same server in the same run: ``GET
+  cacerts`` (and ``/health``) over keep-alive HTTPS from ``wrk`` (when installed) and
+  from this client;
 - "CRL": ``IdentityService.regenerate_crl`` (registry query, build, sign, write DER + PEM)
   with N revoked certificates in the registry; baseline: ``cryptography`` building and
   signing the same CRL from in-memory entries.
 
-    python benchmarks/bench_identity.py [--certs N] [--est N] [--threads T] [--crl N]
+    python benchmarks/bench_identity.py [--certs N] [--est N] [--procs P] [--crl N]
+                                        [--wrk-seconds S] [--only core|crl|est]
 """
 
 from __future__ import annotations
@@ -32,13 +38,13 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +63,9 @@ from fleetwarden.identity.models import IssuedCertificate
 from fleetwarden.identity.service import IdentityService, Issued
 from fleetwarden.registry import Actor, Registry
 from fleetwarden.registry.models import Device
+
+sys.path.insert(0, str(Path(__file__).parent))
+import est_load
 
 
 def make_csrs(n: int, prefix: str = "d") -> list[tuple[object, bytes]]:
@@ -132,7 +141,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_est(n: int, threads: int) -> list[str]:
+def _factory_identity(
+    d: Path, mname: x509.Name, mkey: ec.EllipticCurvePrivateKey, cn: str, now: datetime
+) -> tuple[str, str]:
+    k = ec.generate_private_key(ec.SECP256R1())
+    c = (
+        x509.CertificateBuilder()
+        .issuer_name(mname)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .public_key(k.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(mkey, hashes.SHA256())
+    )
+    cp, kp = d / f"{cn}.crt", d / f"{cn}.key"
+    cp.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(
+        k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cp), str(kp)
+
+
+def _wrk(url: str, seconds: int, conns: int) -> float | None:
+    """Requests/s from ``wrk`` (keep-alive HTTPS, no client certificate); None if absent."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    out = subprocess.run(
+        [exe, "-t2", f"-c{conns}", f"-d{seconds}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"unexpected wrk output: {out}")
+
+
+def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
     d = Path(tempfile.mkdtemp(prefix="fw-bench-est-"))
     data = d / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
@@ -155,47 +207,45 @@ def bench_est(n: int, threads: int) -> list[str]:
     (d / "maker.pem").write_bytes(mcert.public_bytes(serialization.Encoding.PEM))
     env["FLEETWARDEN_IDENTITY__MANUFACTURER_CA_FILE"] = str(d / "maker.pem")
     env["FLEETWARDEN_IDENTITY__CRL_PORT"] = str(free_port())
+    # the gateway's MQTT broker too: another `up` on this machine may hold 8883
+    env["FLEETWARDEN_GATEWAY__PORT"] = str(free_port())
     fw = [sys.executable, "-m", "fleetwarden"]
     subprocess.run([*fw, "init"], env=env, check=True, capture_output=True)
     subprocess.run([*fw, "ca", "init"], env=env, check=True, capture_output=True)
     reg = Registry.open(f"sqlite:///{(data / 'fleetwarden.db').resolve()}")
     add_devices(reg, [f"e{i}" for i in range(n)])
     reg.close()
+    # Everything a device sends is prepared here, before any timed phase: its CSR, its
+    # factory certificate (the CN names the device) and the request bytes.
+    port = free_port()
+    host = f"127.0.0.1:{port}"
     csrs = make_csrs(n, "e")
-    # one factory identity per client thread is enough for TLS; each CSR names its device
-    # and the factory cert must name that device, so give each device its own factory cert
-    fac: list[tuple[Path, Path]] = []
+    devices = []
     for i in range(n):
-        k = ec.generate_private_key(ec.SECP256R1())
-        c = (
-            x509.CertificateBuilder()
-            .issuer_name(mname)
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"e{i}")]))
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=30))
-            .sign(mkey, hashes.SHA256())
-        )
-        cp, kp = d / f"f{i}.crt", d / f"f{i}.key"
-        cp.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-        kp.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
+        cert_file, key_file = _factory_identity(d, mname, mkey, f"e{i}", now)
+        body = base64.b64encode(csrs[i][1])
+        devices.append(
+            est_load.Device(
+                cert_file,
+                key_file,
+                [
+                    est_load.get(host, "/.well-known/est/cacerts"),
+                    est_load.get(host, "/.well-known/est/csrattrs"),
+                    est_load.post(
+                        host, "/.well-known/est/simpleenroll", body, "application/pkcs10"
+                    ),
+                ],
             )
         )
-        fac.append((cp, kp))
-    port = free_port()
     proc = subprocess.Popen(
         [*fw, "up", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"https://127.0.0.1:{port}"
+    base = f"https://{host}"
     root = str(data / "identity" / "root.crt")
+    addr = ("127.0.0.1", port)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -211,96 +261,35 @@ def bench_est(n: int, threads: int) -> list[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        # Each thread owns a slice of devices; a client certificate is bound to one TLS
-        # connection, so each device's enrolment opens its own connection here, and the
-        # keep-alive figure uses Basic tokens over one connection per thread instead.
-        bodies = [base64.b64encode(der) for _, der in csrs]
-        errors: list[str] = []
-
-        def worker_mtls(idx: list[int]) -> None:
-            for i in idx:
-                ctx = ssl.create_default_context(cafile=root)
-                ctx.load_cert_chain(str(fac[i][0]), str(fac[i][1]))
-                with httpx.Client(verify=ctx, timeout=30) as c:
-                    r = c.post(
-                        f"{base}/.well-known/est/simpleenroll",
-                        content=bodies[i],
-                        headers={"Content-Type": "application/pkcs10"},
-                    )
-                    if r.status_code != 200:
-                        errors.append(r.text)
-
-        half = n // 2
-        slices = [list(range(t, half, threads)) for t in range(threads)]
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=worker_mtls, args=(s,)) for s in slices]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        mtls_rate = half / (time.perf_counter() - t0)
-        # keep-alive: tokens for the second half, one persistent connection per thread
-        env_tok = dict(env)
-        toks = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys;from fleetwarden.settings import load_settings;from fleetwarden.identity.ca import FleetCA;"
-                "from fleetwarden.identity.service import IdentityService;from fleetwarden.registry import Registry,Actor;"
-                f"s=load_settings();r=Registry.open(s.effective_database_url);svc=IdentityService(r,FleetCA.load(s.data_dir,s.identity));"
-                f"print('\\n'.join(svc.create_token(f'e{{i}}',Actor('bench')) for i in range({half},{n})))",
-            ],
-            env=env_tok,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-
-        def worker_keepalive(idx: list[int]) -> None:
-            with httpx.Client(verify=ssl.create_default_context(cafile=root), timeout=30) as c:
-                for i in idx:
-                    r = c.post(
-                        f"{base}/.well-known/est/simpleenroll",
-                        content=bodies[i],
-                        headers={"Content-Type": "application/pkcs10"},
-                        auth=(f"e{i}", toks[i - half]),
-                    )
-                    if r.status_code != 200:
-                        errors.append(r.text)
-
-        slices = [list(range(half + t, n, threads)) for t in range(threads)]
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=worker_keepalive, args=(s,)) for s in slices]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        ka_rate = (n - half) / (time.perf_counter() - t0)
-
-        # baseline: the same server answering GET /health over the same kind of connections
-        def worker_health(k: int) -> None:
-            with httpx.Client(verify=ssl.create_default_context(cafile=root), timeout=30) as c:
-                for _ in range(k):
-                    c.get(f"{base}/health")
-
-        t0 = time.perf_counter()
-        per = max(1, (n - half) // threads)
-        ts = [threading.Thread(target=worker_health, args=(per,)) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        health_rate = per * threads / (time.perf_counter() - t0)
+        cacerts = est_load.get(host, "/.well-known/est/cacerts")
+        health = est_load.get(host, "/health")
+        # warm-up (imports, first connections, SQLite cache), not counted
+        est_load.run_requests(addr, root, health, 200, procs=2, conns=1)
+        wrk_health = _wrk(f"{base}/health", wrk_seconds, 16)
+        wrk_cacerts = _wrk(f"{base}/.well-known/est/cacerts", wrk_seconds, 16)
+        ka = est_load.run_requests(addr, root, cacerts, 4000, procs=procs, conns=1)
+        enrol = est_load.run_sessions(addr, root, devices, procs=procs, conns=1)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    if errors:
-        print(f"<!-- {len(errors)} EST errors, first: {errors[0][:200]} -->")
-    return [
-        f"| EST simpleenroll, factory client cert (mTLS), new TLS connection per device, {threads} threads | {half:,} | {mtls_rate:,.0f} enrollments/s | {mtls_rate / health_rate:.0%} of /health |",
-        f"| EST simpleenroll, token, keep-alive HTTPS, {threads} threads | {n - half:,} | {ka_rate:,.0f} enrollments/s | {ka_rate / health_rate:.0%} of /health |",
-        f"| baseline: GET /health over keep-alive HTTPS, same server, {threads} threads | {per * threads:,} | {health_rate:,.0f} req/s | 100% |",
+        proc.wait(60)
+    if enrol.errors or ka.errors:
+        print(f"<!-- EST errors: {enrol.errors + ka.errors}, first: {enrol.first_errors[:2]} -->")
+    ref = wrk_cacerts or ka.rate
+    lines = [
+        f"| EST session per device: new mTLS connection (factory certificate), GET cacerts, "
+        f"GET csrattrs, POST simpleenroll; {procs} client processes "
+        f"| {n:,} | {enrol.rate:,.0f} enrollments/s | {enrol.rate / ref:.0%} of cacerts req/s |",
+        f"| baseline: GET cacerts, keep-alive HTTPS, this client, {procs} processes "
+        f"| {ka.ok:,} | {ka.rate:,.0f} req/s | |",
     ]
+    if wrk_health is not None and wrk_cacerts is not None:
+        lines += [
+            f"| baseline: GET cacerts, keep-alive HTTPS, wrk 2 threads 16 connections, "
+            f"{wrk_seconds} s | | {wrk_cacerts:,.0f} req/s | 100% |",
+            f"| baseline: GET /health, keep-alive HTTPS, wrk 2 threads 16 connections, "
+            f"{wrk_seconds} s | | {wrk_health:,.0f} req/s | |",
+        ]
+    return lines
 
 
 def bench_crl(n: int) -> list[str]:
@@ -360,14 +349,23 @@ def bench_crl(n: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--certs", type=int, default=5000)
-    ap.add_argument("--est", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--est", type=int, default=2000)
+    ap.add_argument("--procs", type=int, default=8, help="EST load client processes")
+    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--only", choices=["core", "crl", "est"], default=None)
     ap.add_argument("--crl", type=int, default=100_000)
     a = ap.parse_args()
     print("| what | n | result | vs baseline (same run) |")
     print("|---|---|---|---|")
-    for line in bench_core(a.certs) + bench_crl(a.crl) + bench_est(a.est, a.threads):
-        print(line, flush=True)
+    parts = {
+        "core": lambda: bench_core(a.certs),
+        "crl": lambda: bench_crl(a.crl),
+        "est": lambda: bench_est(a.est, a.procs, a.wrk_seconds),
+    }
+    for name, part in parts.items():
+        if a.only in (None, name):
+            for line in part():
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -155,7 +154,7 @@ def up(
 ) -> None:
     """Run the control plane (API + EST over TLS, CRL, broker, TUF/DDI, audit log,
     detection); on a data directory never initialised, run `init` first."""
-    from fleetwarden.service import Context, serve
+    from fleetwarden.service import Context, run, serve
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -182,7 +181,7 @@ def up(
         console.print("press Ctrl-C to stop")
 
     try:
-        asyncio.run(serve(s, reg, on_ready=ready))
+        run(serve(s, reg, on_ready=ready))
     except KeyboardInterrupt:
         console.print("stopped")
     finally:

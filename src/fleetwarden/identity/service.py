@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import String, func, insert, or_, select, true, update
+from sqlalchemy import String, Table, func, or_, select, text, true, update
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
@@ -43,6 +46,7 @@ from fleetwarden.events import (
     authentication,
     device_config_change,
 )
+from fleetwarden.identity.bulk import RowInserter
 from fleetwarden.identity.ca import (
     DEVICE_URI_PREFIX,
     REASONS,
@@ -169,6 +173,20 @@ class IdentityService:
         self.ca = ca
         self.settings = ca.settings
         self.manufacturer_cas = list(manufacturer_cas or [])
+        # SQLite has one writer at a time and issuance takes the write lock early
+        # (claim_keys); threads of this process queue here instead of in SQLite's busy
+        # handler, which sleeps in steps of milliseconds. Other processes still wait
+        # on the database lock itself (busy_timeout).
+        self._sqlite = registry.engine.dialect.name == "sqlite"
+        self._issue_lock = threading.Lock()
+
+    @contextmanager
+    def _issuing(self) -> Iterator[None]:
+        if not self._sqlite:
+            yield
+            return
+        with self._issue_lock:
+            yield
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -358,7 +376,7 @@ class IdentityService:
         pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
         # One transaction: checks, signing (well under a millisecond) and the writes, so
         # a refusal anywhere rolls everything back and a success commits it all at once.
-        with self.registry.session() as s:
+        with self._issuing(), self.registry.session() as s:
             status = s.scalar(select(Device.status).where(Device.id == device_id))
             if status is None:
                 raise NotFoundError(f"device {device_id!r} is not in the registry")
@@ -368,6 +386,7 @@ class IdentityService:
             key_type = check_public_key(pub, self.settings)
             fp = public_key_fingerprint(pub)
             policy = self._policy(s, device_id)
+            claim_keys(s, [fp])
             owners = set(
                 s.scalars(
                     select(IssuedCertificate.device_id).where(
@@ -462,19 +481,30 @@ class IdentityService:
         current: IssuedCertificate | None,
         kind: str = "device",
         actor: str | None = None,
-        prefetched: tuple[list[IssuedCertificate], DeviceKey | None] | None = None,
-        bulk: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
-        # no_autoflush: the look-ups below need no pending rows of this transaction, and
-        # without a flush per look-up the inserts go out together at commit (batched).
+        """Rows for one issued certificate, written in the caller's transaction."""
+        # no_autoflush: the look-ups below need no pending rows of this transaction.
         with s.no_autoflush:
+            rows = NewRows()
+            history = None
+            key = None
+            if device_id is not None and kind == "device":
+                # Filter by device only (few rows each) and the rest in Python: with a
+                # status condition SQLite may pick the low-selectivity status index.
+                history = list(
+                    s.scalars(
+                        select(IssuedCertificate).where(IssuedCertificate.device_id == device_id)
+                    )
+                )
+                key = s.get(DeviceKey, device_id)
             self._store_rows(
-                s, cert, device_id, fp, key_type, via, now, current, kind, actor, prefetched, bulk
+                rows, cert, device_id, fp, key_type, via, now, current, kind, actor, history, key
             )
+            rows.insert(s)
 
     def _store_rows(
         self,
-        s: Session,
+        rows: NewRows,
         cert: x509.Certificate,
         device_id: str | None,
         fp: str,
@@ -484,69 +514,48 @@ class IdentityService:
         current: IssuedCertificate | None,
         kind: str,
         actor: str | None,
-        prefetched: tuple[list[IssuedCertificate], DeviceKey | None] | None,
-        bulk: dict[str, list[dict[str, Any]]] | None = None,
+        history: list[IssuedCertificate] | None,
+        key: DeviceKey | None,
     ) -> None:
-        """Rows for one issued certificate. With ``bulk``, new rows are collected as
-        dicts for one multi-row INSERT per table (batch provisioning) instead of ORM
-        objects; updates of existing rows always go through the ORM."""
+        """Collect the new rows for one issued certificate in ``rows`` (one multi-row
+        INSERT per table later, see :class:`NewRows`); updates of existing rows (the
+        superseded predecessor, the device's key record) go through the ORM and are
+        flushed with the same transaction."""
         der = cert.public_bytes(serialization.Encoding.DER)
+        cert_fp = sha256_hex(der)
         serial = format(cert.serial_number, "x")
+        not_after = cert.not_valid_after_utc
         prev_serial = None
-        if device_id is not None and kind == "device":
-            # Filter by device only (few rows each) and the rest in Python: with a
-            # status condition SQLite may pick the low-selectivity status index and scan.
-            rows = (
-                prefetched[0]
-                if prefetched is not None
-                else s.scalars(
-                    select(IssuedCertificate).where(IssuedCertificate.device_id == device_id)
-                )
-            )
-            prev = [r for r in rows if r.status == "active" and r.kind == "device"]
+        if history is not None:
+            prev = [r for r in history if r.status == "active" and r.kind == "device"]
             for p in prev:
                 p.status = "superseded"
             prev_serial = (
                 current.serial if current is not None else (prev[-1].serial if prev else None)
             )
-        cert_row: dict[str, Any] = {
-            "serial": serial,
-            "kind": kind,
-            "device_id": device_id,
-            "subject": cert.subject.rfc4514_string()[:512],
-            "fingerprint_sha256": sha256_hex(der),
-            "public_key_sha256": fp,
-            "key_type": key_type,
-            "not_before": cert.not_valid_before_utc,
-            "not_after": cert.not_valid_after_utc,
-            "status": "active",
-            "issued_at": now,
-            "issued_via": via,
-            "replaces_serial": prev_serial,
-            "der": der,
-            "issuer_key_id": self.ca.key_id,
-        }
-        if bulk is not None:
-            bulk["certs"].append(cert_row)
-        else:
-            s.add(IssuedCertificate(**cert_row))
+        rows.certs.append(
+            (
+                serial,
+                kind,
+                device_id,
+                subject_string(cert, device_id if kind == "device" else None),
+                cert_fp,
+                fp,
+                key_type,
+                cert.not_valid_before_utc,
+                not_after,
+                "active",
+                now,
+                via,
+                prev_serial,
+                der,
+                self.ca.key_id,
+            )
+        )
         if device_id is None or kind != "device":
             return
-        key = prefetched[1] if prefetched is not None else s.get(DeviceKey, device_id)
         if key is None:
-            key_row: dict[str, Any] = {
-                "device_id": device_id,
-                "public_key_sha256": fp,
-                "key_type": key_type,
-                "key_first_certified_at": now,
-                "last_rotation_at": None,
-                "rotations": 0,
-                "current_serial": serial,
-            }
-            if bulk is not None:
-                bulk["keys"].append(key_row)
-            else:
-                s.add(DeviceKey(**key_row))
+            rows.keys.append((device_id, fp, key_type, now, None, 0, serial))
         else:
             if key.public_key_sha256 != fp:
                 key.public_key_sha256 = fp
@@ -563,18 +572,15 @@ class IdentityService:
                 "identity_event": ISSUED,
                 "certificate": {
                     "serial": serial,
-                    "fingerprint_sha256": sha256_hex(der),
+                    "fingerprint_sha256": cert_fp,
                     "public_key_sha256": fp,
-                    "not_after": cert.not_valid_after_utc.isoformat(),
+                    "not_after": not_after.isoformat(),
                     "via": via,
                     "replaces": prev_serial,
                 },
             },
         )
-        if bulk is not None:
-            bulk["events"].append({"payload": event.to_ocsf(), "created_at": now})
-        else:
-            self.registry.record(s, event)
+        rows.events.append((now, event.to_ocsf(), None))
 
     def provision(
         self, csrs: list[bytes], actor: Actor, *, via: str = "provision"
@@ -582,31 +588,33 @@ class IdentityService:
         """Factory-line provisioning: issue certificates for many CSRs at once (the
         operator is the authority, so no per-device token). Same checks as EST (CSR
         signature, registered active device, key policy, shared-key M1 check, also
-        within the batch), set-based look-ups and one transaction for the batch.
+        within the batch), set-based look-ups and one transaction for the batch, which
+        holds the key claim (:func:`claim_keys`) from the M1 look-up to the commit.
         Returns, per CSR in order, the issued certificate or the refusal."""
         now = datetime.now(UTC)
-        parsed: list[tuple[int, str, CertificateIssuerPublicKeyTypes, str, str] | None] = []
+        parsed: list[tuple[int, str, CertificateIssuerPublicKeyTypes, str, str]] = []
         out: list[Issued | EnrollmentRefused | None] = [None] * len(csrs)
+        settings = self.settings
         for i, der in enumerate(csrs):
             try:
                 csr = parse_csr(der)
                 did = csr_device_id(csr)
                 pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
-                kt = check_public_key(pub, self.settings)
+                kt = check_public_key(pub, settings)
                 parsed.append((i, did, pub, kt, public_key_fingerprint(pub)))
             except EnrollmentRefused as exc:
                 out[i] = exc
-                parsed.append(None)
-        todo = [p for p in parsed if p is not None]
-        with self.registry.session() as s, s.no_autoflush:
-            ids = list({p[1] for p in todo})
+        with self._issuing(), self.registry.session() as s, s.no_autoflush:
+            ids = list({p[1] for p in parsed})
+            fps = [p[4] for p in parsed]
+            claim_keys(s, fps)
             active = set(
                 s.scalars(select(Device.id).where(Device.id.in_(ids), Device.status == "active"))
             )
             owners: dict[str, set[str]] = {}
             for fp, dev in s.execute(
                 select(IssuedCertificate.public_key_sha256, IssuedCertificate.device_id).where(
-                    IssuedCertificate.public_key_sha256.in_([p[4] for p in todo])
+                    IssuedCertificate.public_key_sha256.in_(fps)
                 )
             ):
                 owners.setdefault(fp, set()).add(str(dev))
@@ -620,8 +628,8 @@ class IdentityService:
                 for k in s.scalars(select(DeviceKey).where(DeviceKey.device_id.in_(ids)))
             }
             seen: set[str] = set()
-            bulk: dict[str, list[dict[str, Any]]] = {"certs": [], "keys": [], "events": []}
-            for i, did, pub, kt, fp in todo:
+            rows = NewRows()
+            for i, did, pub, kt, fp in parsed:
                 if did not in active:
                     out[i] = EnrollmentForbidden(f"device {did!r} is not registered and active")
                     continue
@@ -630,10 +638,11 @@ class IdentityService:
                         "public key shared with another device, or device twice in the batch"
                     )
                     continue
-                seen.update((fp, did))
+                seen.add(fp)
+                seen.add(did)
                 cert = self.ca.issue_device(did, pub, now=now)
-                self._store(
-                    s,
+                self._store_rows(
+                    rows,
                     cert,
                     did,
                     fp,
@@ -641,31 +650,24 @@ class IdentityService:
                     via,
                     now,
                     None,
-                    actor=actor.name,
-                    prefetched=(history[did], keys.get(did)),
-                    bulk=bulk,
+                    "device",
+                    actor.name,
+                    history[did],
+                    keys.get(did),
                 )
                 out[i] = Issued(did, cert, format(cert.serial_number, "x"), via)
-            for model, rows in (
-                (IssuedCertificate, bulk["certs"]),
-                (DeviceKey, bulk["keys"]),
-                (OutboxEvent, bulk["events"]),
-            ):
-                if rows:
-                    s.execute(insert(model), rows)
             for i, result in enumerate(out):
                 if isinstance(result, EnrollmentRefused):
-                    self.registry.record(
-                        s,
-                        authentication(
-                            device_uid=None,
-                            src_ip=actor.src_ip,
-                            success=False,
-                            message=f"provisioning of CSR #{i} refused: {result}",
-                            protocol="provision",
-                            extra={"unmapped": {"identity_event": REFUSED, "reason": str(result)}},
-                        ),
+                    event = authentication(
+                        device_uid=None,
+                        src_ip=actor.src_ip,
+                        success=False,
+                        message=f"provisioning of CSR #{i} refused: {result}",
+                        protocol="provision",
+                        extra={"unmapped": {"identity_event": REFUSED, "reason": str(result)}},
                     )
+                    rows.events.append((now, event.to_ocsf(), None))
+            rows.insert(s)
         return [r for r in out if r is not None]
 
     def record_server_certificate(self, cert: x509.Certificate, actor: Actor) -> None:
@@ -1034,3 +1036,106 @@ def rollover_of(event: Event) -> dict[str, Any] | None:
 
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+_CERT_ROWS = RowInserter(
+    cast(Table, IssuedCertificate.__table__),
+    (
+        "serial",
+        "kind",
+        "device_id",
+        "subject",
+        "fingerprint_sha256",
+        "public_key_sha256",
+        "key_type",
+        "not_before",
+        "not_after",
+        "status",
+        "issued_at",
+        "issued_via",
+        "replaces_serial",
+        "der",
+        "issuer_key_id",
+    ),
+)
+_KEY_ROWS = RowInserter(
+    cast(Table, DeviceKey.__table__),
+    (
+        "device_id",
+        "public_key_sha256",
+        "key_type",
+        "key_first_certified_at",
+        "last_rotation_at",
+        "rotations",
+        "current_serial",
+    ),
+)
+_EVENT_ROWS = RowInserter(
+    cast(Table, OutboxEvent.__table__), ("created_at", "payload", "relayed_at")
+)
+
+
+@dataclass
+class NewRows:
+    """New certificate, device-key and outbox rows of one transaction, as tuples in the
+    column order of the inserters above; :meth:`insert` writes each table with one
+    multi-row INSERT (see :mod:`fleetwarden.identity.bulk`) in the session's transaction."""
+
+    certs: list[tuple[Any, ...]] = field(default_factory=list)
+    keys: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def insert(self, s: Session) -> None:
+        conn = s.connection()
+        _CERT_ROWS.execute(conn, self.certs)
+        _KEY_ROWS.execute(conn, self.keys)
+        _EVENT_ROWS.execute(conn, self.events)
+
+
+#: device ids whose RFC 4514 form is ``CN=<id>`` unchanged (nothing to escape)
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/=-]{0,500}")
+
+
+def subject_string(cert: x509.Certificate, device_id: str | None) -> str:
+    """The certificate subject as RFC 4514 text (at most 512 characters). A device
+    certificate's subject is exactly ``CN=<device id>`` (see ``FleetCA.device_builder``),
+    so for ids that need no escaping the text is built without parsing the name."""
+    if device_id is not None and _PLAIN_ID.fullmatch(device_id):
+        return ("CN=" + device_id)[:512]
+    return cert.subject.rfc4514_string()[:512]
+
+
+def claim_keys(s: Session, fingerprints: list[str]) -> None:
+    """Serialise the M1 shared-key check against every other writer (threads, worker
+    processes, the CLI): call before looking up who owns ``fingerprints``; the claim
+    lasts until the transaction ends, so the look-up and the insert of the new
+    certificate row are atomic with respect to any other issuance.
+
+    - SQLite: ``BEGIN IMMEDIATE`` takes the database write lock now (pysqlite would
+      only begin at the first write, after the look-up); other writers wait
+      (``busy_timeout``);
+    - PostgreSQL: one transaction-scoped advisory lock per fingerprint (sorted, so two
+      batches cannot deadlock); issuances of other keys proceed in parallel.
+    """
+    conn = s.connection()
+    if conn.dialect.name == "sqlite":
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is not None and not dbapi.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    if conn.dialect.name == "postgresql":
+        keys = sorted({_lock_key(fp) for fp in fingerprints})
+        conn.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k) FROM "
+                "(SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS sorted_keys"
+            ),
+            {"keys": keys},
+        )
+        return
+    raise ValidationError(f"no key claim for database {conn.dialect.name!r}")  # pragma: no cover
+
+
+def _lock_key(fingerprint: str) -> int:
+    """A signed 64-bit advisory lock key from a hex SHA-256 fingerprint."""
+    return int.from_bytes(bytes.fromhex(fingerprint[:16]), "big", signed=True)
