@@ -210,8 +210,8 @@ def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
     # the gateway's MQTT broker too: another `up` on this machine may hold 8883
     env["FLEETWARDEN_GATEWAY__PORT"] = str(free_port())
     fw = [sys.executable, "-m", "fleetwarden"]
+    # `init` creates the fleet CA on a fresh data directory (no separate `ca init`)
     subprocess.run([*fw, "init"], env=env, check=True, capture_output=True)
-    subprocess.run([*fw, "ca", "init"], env=env, check=True, capture_output=True)
     reg = Registry.open(f"sqlite:///{(data / 'fleetwarden.db').resolve()}")
     add_devices(reg, [f"e{i}" for i in range(n)])
     reg.close()
