@@ -14,6 +14,9 @@ import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from fleetwarden.events import Activity, api_activity, device_config_change
 from fleetwarden.gateway.brokerconf import BrokerFiles
 from fleetwarden.gateway.config import GatewaySettings
@@ -171,3 +174,11 @@ def test_revocation_is_not_held_by_the_interval(registry: Registry, tmp_path: Pa
         assert gw.policy_compiles == 1 and gw._policy_dirty.is_set()
 
     _run(gw, body)
+
+
+def test_min_interval_setting_is_bounded() -> None:
+    assert GatewaySettings().policy_min_interval_s == 1.0
+    assert GatewaySettings(policy_min_interval_s=0).policy_min_interval_s == 0
+    for bad in (-0.1, 61, "soon"):
+        with pytest.raises(ValidationError, match="policy_min_interval_s"):
+            GatewaySettings(policy_min_interval_s=bad)
