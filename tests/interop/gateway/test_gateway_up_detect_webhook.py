@@ -121,7 +121,7 @@ def _alerts(data: Path) -> list[dict[str, Any]]:
 def test_up_live_traffic_to_alert_to_signed_webhook_once(tmp_path: Path, hook: Hook) -> None:
     url, got = hook
     data = tmp_path / "data"
-    init = _fw(data, "init")
+    init = _fw(data, "init", "--no-ca")  # plain-HTTP API; the broker uses its own PKI
     assert init.returncode == 0, init.stderr
     token = next(w for w in init.stdout.split() if w.startswith("fwt_"))
     pki = ScratchPKI(tmp_path / "pki")
