@@ -111,7 +111,7 @@ class Gateway:
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_dirty = asyncio.Event()
-        self.policy_compiles = 0  # completed recompiles by the refresh loop (diagnostics)
+        self.policy_compiles = 0  # recompiles run by the refresh loop (diagnostics, tests)
         self._policy_lock = asyncio.Lock()
         self._refusals: dict[str, tuple[int, int]] = {}
         self._connected = asyncio.Event()
