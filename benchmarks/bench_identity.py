@@ -23,8 +23,9 @@ What each figure measures (no shortcuts hidden):
   over that keep-alive connection ``GET cacerts``, ``GET csrattrs`` and ``POST
   simpleenroll``; every enrolment is complete (auth, policy, M1 claim, sign, one
   transaction with the event). Baselines from the same server in the same run: ``GET
-  cacerts`` (and ``/health``) over keep-alive HTTPS from ``wrk`` (when installed) and
-  from this client;
+  /health`` (the reference: it runs through the whole framework stack and one SQLite
+  query) and ``GET cacerts`` (a fixed answer in front of the framework) over keep-alive
+  HTTPS from ``wrk`` (when installed), and ``GET cacerts`` from this client;
 - "CRL": ``IdentityService.regenerate_crl`` (registry query, build, sign, write DER + PEM)
   with N revoked certificates in the registry; baseline: ``cryptography`` building and
   signing the same CRL from in-memory entries.
@@ -210,8 +211,8 @@ def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
     # the gateway's MQTT broker too: another `up` on this machine may hold 8883
     env["FLEETWARDEN_GATEWAY__PORT"] = str(free_port())
     fw = [sys.executable, "-m", "fleetwarden"]
+    # `init` creates the fleet CA on a fresh data directory (no separate `ca init`)
     subprocess.run([*fw, "init"], env=env, check=True, capture_output=True)
-    subprocess.run([*fw, "ca", "init"], env=env, check=True, capture_output=True)
     reg = Registry.open(f"sqlite:///{(data / 'fleetwarden.db').resolve()}")
     add_devices(reg, [f"e{i}" for i in range(n)])
     reg.close()
@@ -274,20 +275,22 @@ def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
         proc.wait(60)
     if enrol.errors or ka.errors:
         print(f"<!-- EST errors: {enrol.errors + ka.errors}, first: {enrol.first_errors[:2]} -->")
-    ref = wrk_cacerts or ka.rate
+    # GET /health goes through the whole framework stack (cacerts no longer does: it is
+    # a fixed answer in front of it, see identity.est.EstFixedResponses)
+    ref = wrk_health or ka.rate
     lines = [
         f"| EST session per device: new mTLS connection (factory certificate), GET cacerts, "
         f"GET csrattrs, POST simpleenroll; {procs} client processes "
-        f"| {n:,} | {enrol.rate:,.0f} enrollments/s | {enrol.rate / ref:.0%} of cacerts req/s |",
+        f"| {n:,} | {enrol.rate:,.0f} enrollments/s | {enrol.rate / ref:.0%} of /health req/s |",
         f"| baseline: GET cacerts, keep-alive HTTPS, this client, {procs} processes "
         f"| {ka.ok:,} | {ka.rate:,.0f} req/s | |",
     ]
     if wrk_health is not None and wrk_cacerts is not None:
         lines += [
             f"| baseline: GET cacerts, keep-alive HTTPS, wrk 2 threads 16 connections, "
-            f"{wrk_seconds} s | | {wrk_cacerts:,.0f} req/s | 100% |",
+            f"{wrk_seconds} s | | {wrk_cacerts:,.0f} req/s | |",
             f"| baseline: GET /health, keep-alive HTTPS, wrk 2 threads 16 connections, "
-            f"{wrk_seconds} s | | {wrk_health:,.0f} req/s | |",
+            f"{wrk_seconds} s | | {wrk_health:,.0f} req/s | 100% |",
         ]
     return lines
 

@@ -53,6 +53,13 @@ class GatewaySettings(BaseModel):
     metrics_window_s: float = Field(default=300.0, gt=0, description="per-device metric window")
     metrics_flush_ms: int = Field(default=1000, ge=50, le=60_000)
     policy_refresh_s: float = Field(default=10.0, gt=0)
+    policy_min_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="least time between two policy recompiles; a burst of registry "
+        "changes is coalesced into one (revocations are not delayed by it)",
+    )
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     tls_ciphers: str = (
         "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"

@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from fleetwarden._internal.files import write_secret
 from fleetwarden.registry import Registry
-from fleetwarden.registry.models import Device
+from fleetwarden.registry.models import Device, Group, device_groups
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
@@ -66,38 +66,62 @@ def _norm_cidrs(values: Iterable[str]) -> list[str]:
 def compile_policy(
     registry: Registry, refused_statuses: Iterable[str], quarantine_group: str | None = None
 ) -> list[DevicePolicy]:
+    """One policy per device, ordered by id.
+
+    Two plain column queries (devices; memberships joined with their groups), no ORM
+    objects: this runs on every registry change and every ``policy_refresh_s`` over the
+    whole fleet, so its cost is per device row, not per ORM object and relationship
+    load. Each group's networks are normalised once, not once per member."""
     refused_set = {s.lower() for s in refused_statuses}
     result: list[DevicePolicy] = []
     with registry.session() as s:
-        for dev in s.scalars(select(Device).order_by(Device.id)):
-            if not _SAFE.match(dev.id):
+        group_cidrs: dict[str, list[str]] = {}
+        group_has_rule: dict[str, bool] = {}  # networks set (even if none is usable)
+        groups_of: dict[str, list[str]] = {}
+        rows = s.execute(
+            select(device_groups.c.device_id, Group.name, Group.allowed_cidrs)
+            .join(Group, Group.id == device_groups.c.group_id)
+            .order_by(device_groups.c.device_id, Group.name)
+        )
+        for dev_id, name, g_cidrs in rows:
+            if name not in group_cidrs:
+                group_cidrs[name] = _norm_cidrs(g_cidrs or [])
+                group_has_rule[name] = bool(g_cidrs)
+            groups_of.setdefault(dev_id, []).append(name)
+        devices = s.execute(
+            select(
+                Device.id, Device.status, Device.allowed_cidrs, Device.ip_fixed, Device.ip
+            ).order_by(Device.id)
+        )
+        for dev_id, status, allowed, ip_fixed, ip in devices:
+            if not _SAFE.match(dev_id):
                 continue
-            groups = tuple(g.name for g in dev.groups if _SAFE.match(g.name))
-            own = list(dev.allowed_cidrs or [])
-            if dev.ip_fixed and dev.ip:
-                own.append(dev.ip)
+            member_of = groups_of.get(dev_id, [])
+            groups = tuple(g for g in member_of if _SAFE.match(g))
+            own = list(allowed or [])
+            if ip_fixed and ip:
+                own.append(ip)
             cidrs = _norm_cidrs(own)
             if cidrs:
-                rule = f"device:{dev.id} allowed_cidrs={','.join(cidrs)}"
+                rule = f"device:{dev_id} allowed_cidrs={','.join(cidrs)}"
             else:
                 gcidrs: list[str] = []
                 names: list[str] = []
-                for g in dev.groups:
-                    if g.allowed_cidrs:
-                        names.append(g.name)
-                        gcidrs.extend(_norm_cidrs(g.allowed_cidrs))
+                for g in member_of:
+                    if group_has_rule[g]:
+                        names.append(g)
+                        gcidrs.extend(group_cidrs[g])
                 cidrs = sorted(set(gcidrs))
                 rule = f"group:{','.join(names)} allowed_cidrs={','.join(cidrs)}" if cidrs else ""
             result.append(
                 DevicePolicy(
-                    device_id=dev.id,
-                    status=dev.status,
-                    refused=dev.status.lower() in refused_set,
+                    device_id=dev_id,
+                    status=status,
+                    refused=status.lower() in refused_set,
                     groups=groups,
                     cidrs=tuple(cidrs),
                     rule=rule or "-",
-                    quarantined=quarantine_group is not None
-                    and any(g.name == quarantine_group for g in dev.groups),
+                    quarantined=quarantine_group is not None and quarantine_group in member_of,
                 )
             )
     return result

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import socket
 import time
@@ -110,6 +111,7 @@ class Gateway:
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
         self._tasks: list[asyncio.Task[None]] = []
         self._policy_dirty = asyncio.Event()
+        self.policy_compiles = 0  # recompiles run by the refresh loop (diagnostics, tests)
         self._policy_lock = asyncio.Lock()
         self._refusals: dict[str, tuple[int, int]] = {}
         self._connected = asyncio.Event()
@@ -298,6 +300,8 @@ class Gateway:
         cert = changes.get("certificate") if isinstance(changes, dict) else None
         if isinstance(cert, dict) and cert.get("status") == "revoked":
             await self.revoke(event.device_uid, cert.get("serial"))
+        elif _identity_event(changes) in _NO_POLICY_EFFECT:
+            return  # e.g. a certificate issued: nothing policy.tsv holds has changed
         else:
             self._policy_dirty.set()  # status, group or network change: recompile
 
@@ -343,14 +347,28 @@ class Gateway:
             return changed
 
     async def _refresh_loop(self) -> None:
+        """Recompile on a change signal, else every ``policy_refresh_s``.
+
+        A recompile reads every device with its groups, so a burst of changes (a bulk
+        import, many status edits) must not cost one each: after a recompile the next
+        one waits until ``policy_min_interval_s`` has passed, and every signal raised
+        meanwhile is served by that one. The first change after a quiet spell is
+        compiled at once. Revocations do not wait for this loop (:meth:`revoke`)."""
+        loop = asyncio.get_running_loop()
+        last_done = -math.inf
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._policy_dirty.wait(), timeout=self.gs.policy_refresh_s)
-            self._policy_dirty.clear()
+            pause = last_done + self.gs.policy_min_interval_s - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            self._policy_dirty.clear()  # after the pause: this compile covers the burst
             try:
                 await self.reload_policy()
             except Exception as exc:  # database hiccup: keep the last policy
                 log.warning("gateway policy refresh failed: %s", exc)
+            last_done = loop.time()
+            self.policy_compiles += 1
 
     # -------------------------------------------------------------------- monitor
     def _start_client(self) -> None:
@@ -625,6 +643,28 @@ class Gateway:
     async def flush_metrics_now(self) -> None:
         """Close the current window at once (tests, shutdown)."""
         await self._publish_metrics()
+
+
+# Identity-control events that change nothing policy.tsv holds (device id, status,
+# groups, networks, quarantine): issuing a certificate (the most frequent event of all:
+# one per enrolment), tokens, enrolment requests and their decisions, rotation policies.
+# Revocations are handled before this check; anything not listed here recompiles.
+_NO_POLICY_EFFECT = frozenset(
+    {
+        "certificate.issued",
+        "enrollment.refused",
+        "enrollment.pending",
+        "enrollment.approved",
+        "enrollment.rejected",
+        "token.created",
+        "rotation_policy.set",
+    }
+)
+
+
+def _identity_event(changes: Any) -> str | None:
+    value = changes.get("identity_event") if isinstance(changes, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _s(v: Any) -> str | None:

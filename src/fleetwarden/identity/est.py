@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetwarden.errors import Error, NotFoundError
 from fleetwarden.identity.errors import EnrollmentAuthError, EnrollmentRefused
@@ -135,6 +136,35 @@ def decode_base64_der(body: bytes) -> bytes:
         raise _Refusal(400, "the body is not valid base64") from exc
 
 
+class _CacertsCache:
+    """The ``cacerts`` body, rebuilt only when the set of trusted CA certificates
+    changes (a rollover, a retired CA dropped). The key is the certificate objects
+    themselves, compared by identity: the CA objects are replaced or their lists
+    mutated on those changes, never the certificates in place."""
+
+    def __init__(self) -> None:
+        self._certs: tuple[x509.Certificate, ...] = ()
+        self._body = b""
+
+    def body(self, svc: IdentityService) -> bytes:
+        # Every accepted issuing CA (after a rollover the retired one too, while devices
+        # still hold its certificates) and the root (RFC 7030 section 4.1.3).
+        trusted = svc.ca.trusted
+        certs = self._certs
+        same = len(certs) == len(trusted) and all(
+            a is b for a, b in zip(certs, trusted, strict=True)
+        )
+        if not same:
+            der = pkcs7.serialize_certificates(trusted, serialization.Encoding.DER)
+            self._body = base64.b64encode(der)
+            self._certs = tuple(trusted)
+        return self._body
+
+
+_cacerts = _CacertsCache()
+CSR_ATTRS_B64 = base64.b64encode(CSR_ATTRS)
+
+
 @router.get("/.well-known/est/cacerts")
 @router.get("/.well-known/est/{label}/cacerts")
 async def cacerts(request: Request, label: str | None = None) -> Response:
@@ -142,9 +172,11 @@ async def cacerts(request: Request, label: str | None = None) -> Response:
     svc = _service(request)
     if svc is None:
         return _text(503, "the fleet CA is not initialised")
-    # Every accepted issuing CA (after a rollover the retired one too, while devices
-    # still hold its certificates) and the root (RFC 7030 section 4.1.3).
-    return _b64(pkcs7.serialize_certificates(svc.ca.trusted, serialization.Encoding.DER))
+    return Response(
+        _cacerts.body(svc),
+        media_type=PKCS7,
+        headers={"Content-Transfer-Encoding": "base64"},
+    )
 
 
 @router.get("/.well-known/est/csrattrs")
@@ -152,10 +184,66 @@ async def cacerts(request: Request, label: str | None = None) -> Response:
 async def csrattrs(label: str | None = None) -> Response:
     _check_label(label)
     return Response(
-        base64.b64encode(CSR_ATTRS),
+        CSR_ATTRS_B64,
         media_type="application/csrattrs",
         headers={"Content-Transfer-Encoding": "base64"},
     )
+
+
+_FIXED_GETS = {
+    f"/.well-known/est/{label}{name}": name
+    for label in ("", *(f"{x}/" for x in LABELS))
+    for name in ("cacerts", "csrattrs")
+}
+
+
+def _has_body(scope: Scope) -> bool:
+    """A GET that declares a body goes the normal way (size limit, body handling)."""
+    for key, value in scope["headers"]:
+        if key == b"transfer-encoding" or (key == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+class EstFixedResponses:
+    """ASGI layer in front of the framework for the two EST answers that are the same
+    for every client: ``GET cacerts`` and ``GET csrattrs`` (with or without a known
+    label). A device asks both before every enrolment; through the framework each
+    cost as much as the routing and middleware stack, here a dict look-up and a
+    cached body. They need no authentication and read no body; anything else (other
+    methods, a declared body, unknown labels, no fleet CA yet) goes on to the routes above,
+    which give the same answers and the refusals."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            name = _FIXED_GETS.get(scope["path"])
+            if name is not None and not _has_body(scope):
+                body: bytes | None
+                if name == "csrattrs":
+                    body, ctype = CSR_ATTRS_B64, b"application/csrattrs"
+                else:
+                    app = scope.get("app")
+                    svc = getattr(getattr(app, "state", None), "identity", None)
+                    body = _cacerts.body(svc) if svc is not None else None
+                    ctype = PKCS7.encode()
+                if body is not None:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                (b"content-length", str(len(body)).encode()),
+                                (b"content-type", ctype),
+                                (b"content-transfer-encoding", b"base64"),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
 
 
 @router.post("/.well-known/est/simpleenroll")
