@@ -54,6 +54,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 os.environ.pop("FLEETWARDEN_CA_PASSPHRASE", None)
@@ -69,13 +70,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 import est_load
 
 
-def make_csrs(n: int, prefix: str = "d") -> list[tuple[object, bytes]]:
+def make_csrs(n: int, prefix: str = "d", *, fixed: bool = False) -> list[tuple[object, bytes]]:
+    """``n`` CSRs, each for a fresh P-256 key; CN ``prefix + i`` (or ``prefix`` itself
+    for all of them with ``fixed``)."""
     out = []
     for i in range(n):
         k = ec.generate_private_key(ec.SECP256R1())
+        cn = prefix if fixed else f"{prefix}{i}"
         csr = (
             x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{prefix}{i}")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .sign(k, hashes.SHA256())
         )
         out.append((k, csr.public_bytes(serialization.Encoding.DER)))
@@ -185,7 +189,47 @@ def _wrk(url: str, seconds: int, conns: int) -> float | None:
     raise RuntimeError(f"unexpected wrk output: {out}")
 
 
-def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
+def _renewing_devices(
+    d: Path,
+    host: str,
+    bodies: list[bytes],
+    csrs: list[tuple[object, bytes]],
+    count: int,
+    total: int,
+) -> list[est_load.Device]:
+    """``count`` devices enrolled in the session phase, each with its new fleet
+    certificate as client certificate and ``total // count`` re-enrolment requests, each
+    for a fresh key (prepared here, untimed)."""
+    keys = {f"e{i}": k for i, (k, _) in enumerate(csrs)}
+    out = []
+    for body in bodies[:count]:
+        cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))[0]
+        cn = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+        cp, kp = d / f"{cn}.fleet.crt", d / f"{cn}.fleet.key"
+        cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        kp.write_bytes(
+            keys[cn].private_bytes(  # type: ignore[attr-defined]
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        reqs = [
+            est_load.post(
+                host,
+                "/.well-known/est/simplereenroll",
+                base64.b64encode(der),
+                "application/pkcs10",
+            )
+            for _, der in make_csrs(total // count, cn, fixed=True)
+        ]
+        out.append(est_load.Device(str(cp), str(kp), reqs))
+    if len(out) < count:
+        raise RuntimeError(f"only {len(out)} devices enrolled, {count} needed")
+    return out
+
+
+def bench_est(n: int, procs: int, wrk_seconds: int, ka_devices: int = 32) -> list[str]:
     d = Path(tempfile.mkdtemp(prefix="fw-bench-est-"))
     data = d / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
@@ -269,16 +313,31 @@ def bench_est(n: int, procs: int, wrk_seconds: int) -> list[str]:
         wrk_health = _wrk(f"{base}/health", wrk_seconds, 16)
         wrk_cacerts = _wrk(f"{base}/.well-known/est/cacerts", wrk_seconds, 16)
         ka = est_load.run_requests(addr, root, cacerts, 4000, procs=procs, conns=1)
-        enrol = est_load.run_sessions(addr, root, devices, procs=procs, conns=1)
+        enrol = est_load.run_sessions(
+            addr, root, devices, procs=procs, conns=1, keep_bodies=True
+        )
+        renew = est_load.run_sessions(
+            addr,
+            root,
+            _renewing_devices(d, host, enrol.bodies, csrs, ka_devices, n),
+            procs=procs,
+            conns=ka_devices // procs,
+            per_request=True,
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
-    if enrol.errors or ka.errors:
-        print(f"<!-- EST errors: {enrol.errors + ka.errors}, first: {enrol.first_errors[:2]} -->")
+    if enrol.errors or ka.errors or renew.errors:
+        first = enrol.first_errors[:2] + renew.first_errors[:2]
+        print(f"<!-- EST errors: {enrol.errors + ka.errors + renew.errors}, first: {first} -->")
     # GET /health goes through the whole framework stack (cacerts no longer does: it is
     # a fixed answer in front of it, see identity.est.EstFixedResponses)
     ref = wrk_health or ka.rate
     lines = [
+        f"| EST re-enrolment over keep-alive mTLS: {ka_devices} devices, each on its own "
+        f"connection with its fleet certificate, POST simplereenroll with a fresh key per "
+        f"request; {procs} client processes | {renew.ok:,} | {renew.rate:,.0f} enrollments/s "
+        f"| {renew.rate / ref:.0%} of /health req/s |",
         f"| EST session per device: new mTLS connection (factory certificate), GET cacerts, "
         f"GET csrattrs, POST simpleenroll; {procs} client processes "
         f"| {n:,} | {enrol.rate:,.0f} enrollments/s | {enrol.rate / ref:.0%} of /health req/s |",

@@ -84,6 +84,7 @@ def _session_worker(
     devices: list[Device],
     conns: int,
     keep: bool,
+    per_request: bool,
     barrier: Any,
     out: Any,
 ) -> None:
@@ -117,7 +118,11 @@ def _session_worker(
                             good = False
                             break
                         last = body
-                    if good:
+                        if per_request:
+                            ok += 1
+                            if keep:
+                                bodies.append(body)
+                    if good and not per_request:
                         ok += 1
                         if keep:
                             bodies.append(last)
@@ -239,12 +244,18 @@ def run_sessions(
     procs: int,
     conns: int,
     keep_bodies: bool = False,
+    per_request: bool = False,
 ) -> Result:
     """Every device runs its session on its own mTLS connection; ``procs`` processes
     with ``conns`` connections in flight each. Rate = completed sessions/s, measured
-    from the start barrier to the last result."""
+    from the start barrier to the last result; with ``per_request`` every 200
+    response counts (a device that sends several enrolments over its keep-alive
+    connection)."""
     slices = [devices[i::procs] for i in range(procs)]
-    return _run(_session_worker, [(addr, cafile, s, conns, keep_bodies) for s in slices if s])
+    return _run(
+        _session_worker,
+        [(addr, cafile, s, conns, keep_bodies, per_request) for s in slices if s],
+    )
 
 
 def run_requests(

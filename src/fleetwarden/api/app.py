@@ -22,7 +22,7 @@ from fleetwarden.api.routes import auditlog, detect, devices, groups, tokens
 from fleetwarden.errors import AuthError, Error
 from fleetwarden.firmware import api as firmware_api
 from fleetwarden.identity import api as identity_api
-from fleetwarden.identity.est import EstFixedResponses
+from fleetwarden.identity.est import EstEndpoint
 from fleetwarden.registry import Registry
 from fleetwarden.registry.schemas import explain
 from fleetwarden.settings import Settings
@@ -49,8 +49,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
             firmware_api.UPLOAD_PATH: settings.firmware.max_image_bytes,
         },
     )
-    # outermost: the fixed EST answers skip the whole stack (see EstFixedResponses)
-    app.add_middleware(EstFixedResponses)
+    # outermost: EST is a fixed wire protocol served in front of the whole stack
+    app.add_middleware(EstEndpoint)
 
     @app.exception_handler(Error)
     async def _error(_: Request, exc: Error) -> JSONResponse:

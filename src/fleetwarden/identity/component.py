@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fleetwarden.events import Event, EventClass
+from fleetwarden.identity.batching import EnrollBatcher
 from fleetwarden.identity.ca import CaPaths, FleetCA
 from fleetwarden.identity.est import peer_certificate
 from fleetwarden.identity.service import IdentityService, revocation_of, rollover_of
@@ -52,6 +53,7 @@ class IdentityComponent:
         self._reload = False
         self._ctx: Context | None = None
         self.crl_port: int | None = None
+        self._enroller: EnrollBatcher | None = None
 
     async def start(self, ctx: Context) -> None:
         s = ctx.settings
@@ -64,6 +66,7 @@ class IdentityComponent:
             ctx.registry, ca, manufacturer_cas=manufacturer_cas(s.identity)
         )
         ctx.app.state.identity = self.service
+        self._enroller = ctx.app.state.est_enroller = EnrollBatcher(self.service)
         ctx.app.state.device_authenticator = self.authenticate_device
         await run_in_threadpool(self.service.regenerate_crl)
         ctx.bus.subscribe(
@@ -175,3 +178,5 @@ class IdentityComponent:
                 await t
         if self._crl_server is not None:
             self._crl_sock.close()
+        if self._enroller is not None:
+            await run_in_threadpool(self._enroller.close)

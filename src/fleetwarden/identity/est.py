@@ -13,9 +13,15 @@ enrolment token) over TLS, or the TLS client certificate taken from the ASGI ``t
 scope extension (see ``identity.tls``): a factory certificate for the first enrolment,
 the current fleet certificate for re-enrolment.
 
+Served by :class:`EstEndpoint`, a plain ASGI layer in front of the admin API's
+framework: EST is a fixed wire protocol (no JSON, no OpenAPI, no API tokens), and the
+framework's routing and middleware stack cost more per request than a ``cacerts``
+answer. Enrolments go through the group commit of :mod:`fleetwarden.identity.batching`.
+
 Invariants: every refusal (size, content type, base64, CSR, authentication, policy) is
 answered with a 4xx and recorded as an event; the request body is read up to the EST
-size limit and never beyond.
+size limit and never beyond; an unexpected error is a 500 with no detail, logged, and
+never a half-written enrolment.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -32,14 +39,25 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fleetwarden.errors import Error, NotFoundError
+from fleetwarden.errors import NotFoundError
+from fleetwarden.identity.batching import EnrollBatcher
 from fleetwarden.identity.errors import EnrollmentAuthError, EnrollmentRefused
-from fleetwarden.identity.service import CertAuth, EnrollAuth, IdentityService, Issued, TokenAuth
+from fleetwarden.identity.service import (
+    CertAuth,
+    EnrollAuth,
+    EnrollmentRequest,
+    IdentityService,
+    Issued,
+    TokenAuth,
+)
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(include_in_schema=True, tags=["est"])
+#: the admin API's routes of this module (the CRL also on the API port); EST itself is
+#: :class:`EstEndpoint`
+router = APIRouter(include_in_schema=False, tags=["est"])
 
+PREFIX = "/.well-known/est/"
 LABELS = {"device"}
 PKCS7 = "application/pkcs7-mime; smime-type=certs-only"
 # CsrAttrs ::= SEQUENCE { ecdsa-with-SHA256, id-ecPublicKey, secp256r1 }: what we want
@@ -50,39 +68,41 @@ CSR_ATTRS = bytes.fromhex(
     "06072a8648ce3d0201"  # id-ecPublicKey
     "06082a8648ce3d030107"  # secp256r1
 )
+CSR_ATTRS_B64 = base64.b64encode(CSR_ATTRS)
+#: operation -> the one method it answers
+OPERATIONS = {
+    "cacerts": "GET",
+    "csrattrs": "GET",
+    "simpleenroll": "POST",
+    "simplereenroll": "POST",
+}
+
+_Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-class EstError(Error):
-    """An EST protocol-level refusal (size, media type, encoding)."""
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(message + "\n", status_code=status, media_type="text/plain", headers=headers)
+def _text(status: int, message: str, extra: dict[str, str] | None = None) -> _Answer:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    return status, headers, (message + "\n").encode()
 
 
-def _b64(body: bytes) -> Response:
-    return Response(
-        base64.b64encode(body),
-        media_type=PKCS7,
-        headers={"Content-Transfer-Encoding": "base64"},
-    )
+def _b64(body: bytes, ctype: str) -> _Answer:
+    headers = [(b"content-type", ctype.encode()), (b"content-transfer-encoding", b"base64")]
+    return 200, headers, body
 
 
-def _service(request: Request) -> IdentityService | None:
-    return getattr(request.app.state, "identity", None)
+def _auth_header(status: int) -> dict[str, str] | None:
+    return {"WWW-Authenticate": 'Basic realm="fleetwarden EST"'} if status == 401 else None
 
 
-def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _check_label(label: str | None) -> None:
-    if label is not None and label not in LABELS:
-        raise NotFoundError(f"unknown EST label {label!r}")
-
-
-def peer_certificate(request: Request) -> x509.Certificate | None:
-    tls = request.scope.get("extensions", {}).get("tls")
+def _tls_client_cert(scope: Scope) -> x509.Certificate | None:
+    tls = scope.get("extensions", {}).get("tls")
     if not tls:
         return None
     chain = tls.get("client_cert_chain") or []
@@ -91,8 +111,20 @@ def peer_certificate(request: Request) -> x509.Certificate | None:
     return x509.load_pem_x509_certificate(chain[0].encode())
 
 
-def _basic(request: Request) -> TokenAuth | None:
-    header = request.headers.get("authorization")
+def peer_certificate(request: Request) -> x509.Certificate | None:
+    """The TLS client certificate of ``request`` (verified by the TLS layer), if any."""
+    return _tls_client_cert(request.scope)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _basic(scope: Scope) -> TokenAuth | None:
+    header = _header(scope, b"authorization")
     if not header or not header.lower().startswith("basic "):
         return None
     try:
@@ -105,24 +137,29 @@ def _basic(request: Request) -> TokenAuth | None:
     return TokenAuth(device_id=user, secret=password)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+class _Disconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it would pass ``limit`` bytes, by
+    its declared length or by what arrives."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise _Refusal(413, f"request body over the {limit}-byte EST limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _Refusal(413, f"request body over the {limit}-byte EST limit")
         chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def decode_base64_der(body: bytes) -> bytes:
@@ -162,156 +199,116 @@ class _CacertsCache:
 
 
 _cacerts = _CacertsCache()
-CSR_ATTRS_B64 = base64.b64encode(CSR_ATTRS)
 
 
-@router.get("/.well-known/est/cacerts")
-@router.get("/.well-known/est/{label}/cacerts")
-async def cacerts(request: Request, label: str | None = None) -> Response:
-    _check_label(label)
-    svc = _service(request)
-    if svc is None:
-        return _text(503, "the fleet CA is not initialised")
-    return Response(
-        _cacerts.body(svc),
-        media_type=PKCS7,
-        headers={"Content-Transfer-Encoding": "base64"},
-    )
+def _enroller(state: Any, svc: IdentityService) -> EnrollBatcher:
+    """The process's EST group commit for ``svc`` (made on first use)."""
+    batcher: EnrollBatcher | None = getattr(state, "est_enroller", None)
+    if batcher is None or batcher.service is not svc:
+        batcher = state.est_enroller = EnrollBatcher(svc)
+    return batcher
 
 
-@router.get("/.well-known/est/csrattrs")
-@router.get("/.well-known/est/{label}/csrattrs")
-async def csrattrs(label: str | None = None) -> Response:
-    _check_label(label)
-    return Response(
-        CSR_ATTRS_B64,
-        media_type="application/csrattrs",
-        headers={"Content-Transfer-Encoding": "base64"},
-    )
-
-
-_FIXED_GETS = {
-    f"/.well-known/est/{label}{name}": name
-    for label in ("", *(f"{x}/" for x in LABELS))
-    for name in ("cacerts", "csrattrs")
-}
-
-
-def _has_body(scope: Scope) -> bool:
-    """A GET that declares a body goes the normal way (size limit, body handling)."""
-    for key, value in scope["headers"]:
-        if key == b"transfer-encoding" or (key == b"content-length" and value != b"0"):
-            return True
-    return False
-
-
-class EstFixedResponses:
-    """ASGI layer in front of the framework for the two EST answers that are the same
-    for every client: ``GET cacerts`` and ``GET csrattrs`` (with or without a known
-    label). A device asks both before every enrolment; through the framework each
-    cost as much as the routing and middleware stack, here a dict look-up and a
-    cached body. They need no authentication and read no body; anything else (other
-    methods, a declared body, unknown labels, no fleet CA yet) goes on to the routes above,
-    which give the same answers and the refusals."""
+class EstEndpoint:
+    """ASGI layer serving everything under ``/.well-known/est/``; other paths go on to
+    the admin API. Reads ``app.state.identity`` (the :class:`IdentityService`, absent
+    until the fleet CA exists: 503) of the application it wraps."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            name = _FIXED_GETS.get(scope["path"])
-            if name is not None and not _has_body(scope):
-                body: bytes | None
-                if name == "csrattrs":
-                    body, ctype = CSR_ATTRS_B64, b"application/csrattrs"
-                else:
-                    app = scope.get("app")
-                    svc = getattr(getattr(app, "state", None), "identity", None)
-                    body = _cacerts.body(svc) if svc is not None else None
-                    ctype = PKCS7.encode()
-                if body is not None:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                (b"content-length", str(len(body)).encode()),
-                                (b"content-type", ctype),
-                                (b"content-transfer-encoding", b"base64"),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)
-
-
-@router.post("/.well-known/est/simpleenroll")
-@router.post("/.well-known/est/{label}/simpleenroll")
-async def simpleenroll(request: Request, label: str | None = None) -> Response:
-    _check_label(label)
-    return await _enroll(request, reenroll=False)
-
-
-@router.post("/.well-known/est/simplereenroll")
-@router.post("/.well-known/est/{label}/simplereenroll")
-async def simplereenroll(request: Request, label: str | None = None) -> Response:
-    _check_label(label)
-    return await _enroll(request, reenroll=True)
-
-
-async def _enroll(request: Request, *, reenroll: bool) -> Response:
-    svc = _service(request)
-    if svc is None:
-        return _text(503, "the fleet CA is not initialised")
-    operation = "simplereenroll" if reenroll else "simpleenroll"
-    ip = _client_ip(request)
-    auth: EnrollAuth | None = None
-    try:
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
         try:
-            basic = _basic(request)
-        except EnrollmentAuthError as exc:
-            raise _Refusal(401, str(exc)) from exc
-        cert = peer_certificate(request)
-        # A client certificate wins over Basic: it is the stronger credential.
-        auth = CertAuth(cert) if cert is not None else basic
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/pkcs10":
-            raise _Refusal(415, f"Content-Type must be application/pkcs10, not {ctype or 'none'!r}")
-        body = await _read_body(request, svc.settings.est_max_body_bytes)
-        der = decode_base64_der(body)
-    except _Refusal as exc:
-        who = auth.device_id if isinstance(auth, TokenAuth) else None
-        await run_in_threadpool(svc.refuse, exc, device_id=who, src_ip=ip, operation=operation)
-        return _text(exc.status, str(exc), _auth_header(exc.status))
-    try:
-        result = await run_in_threadpool(svc.enroll, der, auth, reenroll=reenroll, src_ip=ip)
-    except (EnrollmentRefused, EnrollmentAuthError, NotFoundError) as exc:
-        status = exc.http_status if exc.http_status != 404 else 403
-        return _text(status, str(exc), _auth_header(status))
-    if not isinstance(result, Issued):
-        return _text(
-            202,
-            f"enrolment request {result.request_id} waits for approval",
-            {"Retry-After": str(result.retry_after)},
-        )
-    return _b64(pkcs7.serialize_certificates([result.cert], serialization.Encoding.DER))
+            answer = await self._answer(scope, receive)
+        except _Disconnected:
+            return
+        except Exception:  # never a traceback to a device; the log has it
+            log.exception("EST request failed")
+            answer = _text(500, "internal error: nothing was issued")
+        status, headers, body = answer
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, scope: Scope, receive: Receive) -> _Answer:
+        parts = scope["path"][len(PREFIX) :].split("/")
+        if len(parts) == 2 and parts[0] not in LABELS:
+            return _text(404, f"unknown EST label {parts[0][:64]!r}")
+        op = parts[-1] if len(parts) <= 2 else ""
+        method = OPERATIONS.get(op)
+        if method is None:
+            return _text(404, "no such EST operation")
+        if scope["method"] != method:
+            return _text(405, f"{op} takes {method}", {"Allow": method})
+        app = scope.get("app")
+        state = getattr(app, "state", None)
+        svc: IdentityService | None = getattr(state, "identity", None)
+        if op == "csrattrs":
+            return _b64(CSR_ATTRS_B64, "application/csrattrs")
+        if svc is None:
+            return _text(503, "the fleet CA is not initialised")
+        if op == "cacerts":
+            return _b64(_cacerts.body(svc), PKCS7)
+        return await self._enroll(scope, receive, svc, state, reenroll=op == "simplereenroll")
+
+    async def _enroll(
+        self, scope: Scope, receive: Receive, svc: IdentityService, state: Any, *, reenroll: bool
+    ) -> _Answer:
+        operation = "simplereenroll" if reenroll else "simpleenroll"
+        client = scope.get("client")
+        ip = client[0] if client else None
+        auth: EnrollAuth | None = None
+        try:
+            try:
+                basic = _basic(scope)
+            except EnrollmentAuthError as exc:
+                raise _Refusal(401, str(exc)) from exc
+            cert = _tls_client_cert(scope)
+            # A client certificate wins over Basic: it is the stronger credential.
+            auth = CertAuth(cert) if cert is not None else basic
+            ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/pkcs10":
+                raise _Refusal(
+                    415, f"Content-Type must be application/pkcs10, not {ctype[:64] or 'none'!r}"
+                )
+            der = decode_base64_der(
+                await _read_body(scope, receive, svc.settings.est_max_body_bytes)
+            )
+        except _Refusal as exc:
+            who = auth.device_id if isinstance(auth, TokenAuth) else None
+            await run_in_threadpool(svc.refuse, exc, device_id=who, src_ip=ip, operation=operation)
+            return _text(exc.status, str(exc), _auth_header(exc.status))
+        request = EnrollmentRequest(der, auth, reenroll, ip)
+        result = await _enroller(state, svc).submit(request)
+        if isinstance(result, EnrollmentRefused | EnrollmentAuthError | NotFoundError):
+            status = result.http_status if result.http_status != 404 else 403
+            return _text(status, str(result), _auth_header(status))
+        if isinstance(result, Exception):
+            log.error("EST %s failed: %s", operation, type(result).__name__)
+            return _text(500, "internal error: nothing was issued")
+        if not isinstance(result, Issued):
+            return _text(
+                202,
+                f"enrolment request {result.request_id} waits for approval",
+                {"Retry-After": str(result.retry_after)},
+            )
+        der_out = pkcs7.serialize_certificates([result.cert], serialization.Encoding.DER)
+        return _b64(base64.b64encode(der_out), PKCS7)
 
 
-def _auth_header(status: int) -> dict[str, str] | None:
-    return {"WWW-Authenticate": 'Basic realm="fleetwarden EST"'} if status == 401 else None
-
-
-@router.get("/crl/{name}.crl", include_in_schema=False)
+@router.get("/crl/{name}.crl")
 async def crl(request: Request, name: str) -> Response:
-    svc = _service(request)
+    svc: IdentityService | None = getattr(request.app.state, "identity", None)
     if svc is None:
-        return _text(503, "the fleet CA is not initialised")
+        return Response("the fleet CA is not initialised\n", 503, media_type="text/plain")
     issuer = next((c for c in svc.ca.issuers if c.crl_name == name), None)
     if issuer is None:
-        return _text(404, "no such CRL")
+        return Response("no such CRL\n", 404, media_type="text/plain")
     try:
         data = await run_in_threadpool(issuer.crl_file.read_bytes)
     except OSError:
-        return _text(503, "no CRL yet")
+        return Response("no CRL yet\n", 503, media_type="text/plain")
     return Response(data, media_type="application/pkix-crl")

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetwarden.registry.models import Base, utcnow
@@ -23,10 +33,12 @@ from fleetwarden.registry.models import Base, utcnow
 
 class IssuedCertificate(Base):
     __tablename__ = "identity_certificates"
+    #: a device's active certificates (see migration 0004); also serves by-device queries
+    __table_args__ = (Index("ix_identity_certificates_device_status", "device_id", "status"),)
 
     serial: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex, lower case
     kind: Mapped[str] = mapped_column(String(16))  # device | server
-    device_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    device_id: Mapped[str | None] = mapped_column(String(128))
     subject: Mapped[str] = mapped_column(String(512))
     fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     public_key_sha256: Mapped[str] = mapped_column(String(64), index=True)

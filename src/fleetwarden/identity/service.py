@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
 from sqlalchemy import String, Table, func, or_, select, text, true, update
@@ -77,6 +77,8 @@ ISSUED = "certificate.issued"
 REVOKED = "certificate.revoked"
 REFUSED = "enrollment.refused"
 ROLLOVER = "ca.rollover"
+#: client certificates whose issuing CA is remembered (see ``_from_fleet_ca``)
+_ISSUER_CACHE_SIZE = 8192
 
 
 def aware(ts: datetime) -> datetime:
@@ -106,6 +108,31 @@ EnrollAuth = TokenAuth | CertAuth
 
 
 @dataclass(frozen=True)
+class OperatorAuth:
+    """Provisioning by an operator (``fleetwarden ca provision``): the operator's
+    authority stands in for the device's credentials; no approval step."""
+
+    actor: Actor
+    via: str = "provision"
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """One CSR to certify and how its sender authenticated."""
+
+    csr_der: bytes
+    auth: EnrollAuth | OperatorAuth | None
+    reenroll: bool = False
+    src_ip: str | None = None
+
+    @property
+    def operation(self) -> str:
+        if isinstance(self.auth, OperatorAuth):
+            return "provision"
+        return "simplereenroll" if self.reenroll else "simpleenroll"
+
+
+@dataclass(frozen=True)
 class Issued:
     device_id: str
     cert: x509.Certificate
@@ -126,6 +153,62 @@ class Policy:
     renew_fraction: float
     max_key_age: timedelta | None
     allow_key_reuse: bool
+
+
+#: per request of :meth:`IdentityService.enroll_many`: the certificate, the pending
+#: approval, the refusal (EnrollmentRefused, EnrollmentAuthError, NotFoundError), or
+#: with ``isolate`` the unexpected error of its own transaction
+EnrollResult = Issued | Pending | Exception
+
+
+@dataclass
+class _Item:
+    """One request on its way through :meth:`IdentityService.enroll_many`."""
+
+    index: int
+    req: EnrollmentRequest
+    claimed: str | None  # the device id the refusal event names
+    device_id: str = ""
+    pub: Any = None
+    fp: str = ""
+    via: str = ""
+    token_hash: str | None = None
+    serial: str | None = None  # of the presented fleet certificate (re-enrolment)
+    auth_error: Exception | None = None  # a credential check that needed no look-up
+    refusal: Exception | None = None  # the CSR itself was refused
+
+
+@dataclass
+class _RoundState:
+    """What one round looked up, updated as its requests are decided in order."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, EnrollmentToken] = field(default_factory=dict)
+    used_tokens: set[str] = field(default_factory=set)
+    presented: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    owners: dict[str, set[str]] = field(default_factory=dict)
+    active: dict[str, list[str]] = field(default_factory=dict)
+    keys: dict[str, DeviceKey] = field(default_factory=dict)
+
+
+def _refusal_event(
+    exc: Exception, device_id: str | None, src_ip: str | None, operation: str, protocol: str
+) -> Event:
+    return authentication(
+        device_uid=device_id,
+        src_ip=src_ip,
+        success=False,
+        message=f"{operation} refused: {exc}",
+        protocol=protocol,
+        extra={"unmapped": {"identity_event": REFUSED, "reason": str(exc)}},
+    )
+
+
+def _refusal_of(it: _Item, exc: Exception) -> Event:
+    req = it.req
+    protocol = "provision" if isinstance(req.auth, OperatorAuth) else "EST"
+    return _refusal_event(exc, it.claimed, req.src_ip, req.operation, protocol)
 
 
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
@@ -179,6 +262,7 @@ class IdentityService:
         # on the database lock itself (busy_timeout).
         self._sqlite = registry.engine.dialect.name == "sqlite"
         self._issue_lock = threading.Lock()
+        self._issuer_cache: dict[tuple[bytes, tuple[str, ...]], bool] = {}
 
     @contextmanager
     def _issuing(self) -> Iterator[None]:
@@ -228,17 +312,7 @@ class IdentityService:
     ) -> None:
         """Record a refusal (own transaction)."""
         with self.registry.session() as s:
-            self.registry.record(
-                s,
-                authentication(
-                    device_uid=device_id,
-                    src_ip=src_ip,
-                    success=False,
-                    message=f"{operation} refused: {exc}",
-                    protocol="EST",
-                    extra={"unmapped": {"identity_event": REFUSED, "reason": str(exc)}},
-                ),
-            )
+            self.registry.record(s, _refusal_event(exc, device_id, src_ip, operation, "EST"))
 
     def enroll(
         self,
@@ -248,17 +322,132 @@ class IdentityService:
         reenroll: bool = False,
         src_ip: str | None = None,
     ) -> Issued | Pending:
-        """Check, sign and record; every refusal is recorded before it is raised."""
-        operation = "simplereenroll" if reenroll else "simpleenroll"
-        claimed = auth.device_id if isinstance(auth, TokenAuth) else None
+        """Check, sign and record one CSR (a batch of one, see :meth:`enroll_many`);
+        raise the refusal, recorded before it is raised."""
+        (result,) = self.enroll_many([EnrollmentRequest(csr_der, auth, reenroll, src_ip)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def enroll_many(
+        self,
+        requests: list[EnrollmentRequest],
+        *,
+        isolate: bool = True,
+        once_per_device: bool = False,
+    ) -> list[EnrollResult]:
+        """Certify many CSRs with set-based registry look-ups and one transaction per
+        round (the EST group commit, factory provisioning).
+
+        Every request gets exactly the checks and outcome it would get alone and in
+        order: a device that appears twice waits for the next round (its second CSR sees
+        the first certificate), a public key or token that an earlier request of the
+        same round took counts as taken. Returns, per request in order, the
+        certificate, the pending approval, or the refusal (recorded as an
+        Authentication event in the round's transaction).
+
+        If a round's transaction fails (database error), nothing of it is written; with
+        ``isolate`` its requests are retried one per transaction, so one bad request
+        cannot fail the others, and a request that still fails gets its exception as its
+        result. Without ``isolate`` the exception propagates (nothing of the round is
+        written). With ``once_per_device`` a device named again is refused instead of
+        waiting for the next round (factory batches name each device once)."""
+        now = datetime.now(UTC)
+        out: list[EnrollResult | None] = [None] * len(requests)
+        issuers = tuple(self.ca.issuers)
+        items = [self._prepare(i, r, now, issuers) for i, r in enumerate(requests)]
+        rounds: list[list[_Item]] = []
+        depth: dict[str, int] = {}
+        for it in items:
+            k = 0
+            if it.refusal is None:
+                k = depth.get(it.device_id, 0)
+                depth[it.device_id] = k + 1
+                if k and once_per_device:
+                    it.refusal = EnrollmentForbidden(
+                        f"device {it.device_id!r} is named twice in the batch"
+                    )
+                    k = 0
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(it)
+        for batch in rounds:
+            try:
+                self._issue_round(batch, now, out)
+            except Exception as exc:
+                if not isolate:
+                    raise
+                if len(batch) == 1:
+                    out[batch[0].index] = exc
+                    continue
+                for it in batch:  # alone, so that one bad request fails only itself
+                    try:
+                        self._issue_round([it], now, out)
+                    except Exception as alone:
+                        out[it.index] = alone
+        assert all(r is not None for r in out)
+        return cast(list[EnrollResult], out)
+
+    def _prepare(
+        self, index: int, req: EnrollmentRequest, now: datetime, issuers: tuple[FleetCA, ...]
+    ) -> _Item:
+        """What can be checked without the registry: the CSR (parse, proof of
+        possession, device id) and the credentials that need no look-up."""
+        auth = req.auth
+        item = _Item(index, req, auth.device_id if isinstance(auth, TokenAuth) else None)
         try:
-            csr = parse_csr(csr_der)
-            device_id = csr_device_id(csr)
-            claimed = device_id
-            return self._enroll(csr, device_id, auth, reenroll=reenroll, src_ip=src_ip)
-        except (EnrollmentRefused, EnrollmentAuthError, NotFoundError) as exc:
-            self.refuse(exc, device_id=claimed, src_ip=src_ip, operation=operation)
-            raise
+            csr = parse_csr(req.csr_der)
+            item.device_id = csr_device_id(csr)
+            item.claimed = item.device_id
+            item.pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
+        except EnrollmentRefused as exc:
+            item.refusal = exc
+            return item
+        try:
+            self._credentials(item, now, issuers)
+        except (EnrollmentAuthError, EnrollmentRefused) as exc:
+            item.auth_error = exc  # raised in its place, after the device look-up
+        return item
+
+    def _credentials(self, item: _Item, now: datetime, issuers: tuple[FleetCA, ...]) -> None:
+        auth, device_id = item.req.auth, item.device_id
+        if auth is None:
+            raise EnrollmentAuthError(
+                "no credentials: send HTTP Basic (device id + enrolment token) "
+                "or a client certificate"
+            )
+        if isinstance(auth, OperatorAuth):
+            item.via = auth.via
+            return
+        if isinstance(auth, TokenAuth):
+            if item.req.reenroll:
+                raise EnrollmentAuthError("re-enrolment needs the current client certificate")
+            if auth.device_id != device_id:
+                raise EnrollmentForbidden(
+                    f"the CSR names device {device_id!r} but the token user is {auth.device_id!r}"
+                )
+            item.via, item.token_hash = "est-token", sha256_hex(auth.secret.encode())
+            return
+        cert = auth.cert
+        if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
+            raise EnrollmentAuthError("the client certificate is expired or not yet valid")
+        if self._from_fleet_ca(cert, issuers):
+            item.via, item.serial = "est-reenroll", format(cert.serial_number, "x")
+            return
+        if item.req.reenroll:
+            raise EnrollmentAuthError("re-enrolment needs a certificate from the fleet CA")
+        if any(_issued_by(cert, m) for m in self.manufacturer_cas):
+            presented = device_id_of(cert)
+            if presented != device_id:
+                raise EnrollmentForbidden(
+                    f"the CSR names device {device_id!r} but the factory "
+                    f"certificate is {presented!r}'s"
+                )
+            item.via = "est-factory"
+            return
+        raise EnrollmentAuthError(
+            "the client certificate is not from the fleet or a manufacturer CA"
+        )
 
     def device_of(self, cert: x509.Certificate, now: datetime | None = None) -> str:
         """The device a presented client certificate proves, for device-facing APIs
@@ -287,162 +476,231 @@ class IdentityService:
                 raise EnrollmentAuthError("the certificate names another device than recorded")
             return row.device_id
 
-    def _policy(self, s: Session, device_id: str) -> Policy:
-        rows = s.scalars(
-            select(RotationPolicy)
-            .join(device_groups, device_groups.c.group_id == RotationPolicy.group_id)
-            .where(device_groups.c.device_id == device_id)
-        ).all()
+    def _policies(self, s: Session, ids: list[str]) -> dict[str, Policy]:
+        """Each device's rotation policy: the strictest of its groups' policies, the
+        configured defaults for a device in no group with one."""
+        by_device: dict[str, list[RotationPolicy]] = {}
+        if ids:
+            for did, row in s.execute(
+                select(device_groups.c.device_id, RotationPolicy)
+                .join(device_groups, device_groups.c.group_id == RotationPolicy.group_id)
+                .where(device_groups.c.device_id.in_(ids))
+            ):
+                by_device.setdefault(did, []).append(row)
         cfg = self.settings
-        if not rows:
-            return Policy(timedelta(days=cfg.device_lifetime_days), cfg.renew_fraction, None, False)
-        # A device in several groups gets the strictest of their policies.
-        return Policy(
-            lifetime=timedelta(days=min(r.lifetime_days for r in rows)),
-            renew_fraction=min(r.renew_fraction for r in rows),
-            max_key_age=timedelta(days=min(r.max_key_age_days for r in rows)),
-            allow_key_reuse=all(r.allow_key_reuse for r in rows),
-        )
-
-    def _authenticate(
-        self, s: Session, device_id: str, auth: EnrollAuth | None, now: datetime, reenroll: bool
-    ) -> tuple[str, EnrollmentToken | None, IssuedCertificate | None]:
-        """(via, token row to consume, current certificate row)."""
-        if auth is None:
-            raise EnrollmentAuthError(
-                "no credentials: send HTTP Basic (device id + enrolment token) "
-                "or a client certificate"
+        default = Policy(timedelta(days=cfg.device_lifetime_days), cfg.renew_fraction, None, False)
+        out = {}
+        for did in ids:
+            rows = by_device.get(did)
+            out[did] = (
+                Policy(
+                    lifetime=timedelta(days=min(r.lifetime_days for r in rows)),
+                    renew_fraction=min(r.renew_fraction for r in rows),
+                    max_key_age=timedelta(days=min(r.max_key_age_days for r in rows)),
+                    allow_key_reuse=all(r.allow_key_reuse for r in rows),
+                )
+                if rows
+                else default
             )
-        if isinstance(auth, TokenAuth):
-            if reenroll:
-                raise EnrollmentAuthError("re-enrolment needs the current client certificate")
-            if auth.device_id != device_id:
-                raise EnrollmentForbidden(
-                    f"the CSR names device {device_id!r} but the token user is {auth.device_id!r}"
+        return out
+
+    def _issue_round(
+        self, items: list[_Item], now: datetime, out: list[EnrollResult | None]
+    ) -> None:
+        """One transaction for requests of distinct devices: look-ups for all of them,
+        then each request's checks in order, signing, and one multi-row insert per
+        table; refusals are recorded in the same transaction."""
+        live = [it for it in items if it.refusal is None]
+        ids = sorted({it.device_id for it in live})
+        with self._issuing(), self.registry.session() as s, s.no_autoflush:
+            st = _RoundState()
+            if ids:
+                st.status = {
+                    did: status
+                    for did, status in s.execute(
+                        select(Device.id, Device.status).where(Device.id.in_(ids))
+                    )
+                }
+            hashes = [it.token_hash for it in live if it.token_hash]
+            if hashes:
+                st.tokens = {
+                    t.secret_hash: t
+                    for t in s.scalars(
+                        select(EnrollmentToken).where(EnrollmentToken.secret_hash.in_(hashes))
+                    )
+                }
+            serials = [it.serial for it in live if it.serial]
+            if serials:
+                st.presented = {
+                    serial: (kind, status, did)
+                    for serial, kind, status, did in s.execute(
+                        select(
+                            IssuedCertificate.serial,
+                            IssuedCertificate.kind,
+                            IssuedCertificate.status,
+                            IssuedCertificate.device_id,
+                        ).where(IssuedCertificate.serial.in_(serials))
+                    )
+                }
+            st.policies = self._policies(s, ids)
+            fps = [public_key_fingerprint(it.pub) for it in live]
+            for it, fp in zip(live, fps, strict=True):
+                it.fp = fp
+            # From here to the commit no other writer can certify these keys (M1).
+            claim_keys(s, fps)
+            if fps:
+                for fp, dev in s.execute(
+                    select(IssuedCertificate.public_key_sha256, IssuedCertificate.device_id).where(
+                        IssuedCertificate.public_key_sha256.in_(fps)
+                    )
+                ):
+                    st.owners.setdefault(fp, set()).add(str(dev))
+            if ids:
+                for did, serial in s.execute(
+                    select(IssuedCertificate.device_id, IssuedCertificate.serial)
+                    .where(
+                        IssuedCertificate.device_id.in_(ids),
+                        IssuedCertificate.status == "active",
+                        IssuedCertificate.kind == "device",
+                    )
+                    .order_by(IssuedCertificate.issued_at, IssuedCertificate.serial)
+                ):
+                    st.active.setdefault(str(did), []).append(serial)
+                st.keys = {
+                    k.device_id: k
+                    for k in s.scalars(select(DeviceKey).where(DeviceKey.device_id.in_(ids)))
+                }
+            rows = NewRows()
+            superseded: list[str] = []
+            for it in items:
+                refusal = it.refusal
+                if refusal is None:
+                    try:
+                        out[it.index] = self._decide(s, it, st, rows, superseded, now)
+                        continue
+                    except (EnrollmentRefused, EnrollmentAuthError, NotFoundError) as exc:
+                        refusal = exc
+                out[it.index] = refusal
+                rows.events.append((now, _refusal_of(it, refusal).to_ocsf(), None))
+            if superseded:
+                s.execute(
+                    update(IssuedCertificate)
+                    .where(IssuedCertificate.serial.in_(superseded))
+                    .values(status="superseded")
                 )
-            tok = s.scalars(
-                select(EnrollmentToken).where(
-                    EnrollmentToken.secret_hash == sha256_hex(auth.secret.encode())
-                )
-            ).first()
-            if tok is None or not hmac.compare_digest(tok.device_id, device_id):
+            rows.insert(s)
+
+    def _decide(
+        self,
+        s: Session,
+        it: _Item,
+        st: _RoundState,
+        rows: NewRows,
+        superseded: list[str],
+        now: datetime,
+    ) -> Issued | Pending:
+        """One request's checks against the round's look-ups, in the order a device
+        sees them: registered device, credentials, active, key policy, shared key
+        (M1), key freshness and age, approval; then the certificate and its rows."""
+        device_id, via = it.device_id, it.via
+        operator = isinstance(it.req.auth, OperatorAuth)
+        status = st.status.get(device_id)
+        if status is None:
+            if operator:
+                raise EnrollmentForbidden(f"device {device_id!r} is not registered and active")
+            raise NotFoundError(f"device {device_id!r} is not in the registry")
+        if it.auth_error is not None:
+            raise it.auth_error
+        token = None
+        if it.token_hash is not None:
+            token = st.tokens.get(it.token_hash)
+            if token is None or not hmac.compare_digest(token.device_id, device_id):
                 raise EnrollmentAuthError("unknown enrolment token for this device")
-            if tok.used_at is not None:
+            if token.used_at is not None or it.token_hash in st.used_tokens:
                 raise EnrollmentAuthError("enrolment token already used (replay refused)")
-            if aware(tok.expires_at) <= now:
+            if aware(token.expires_at) <= now:
                 raise EnrollmentAuthError("enrolment token expired")
-            return "est-token", tok, None
-        cert = auth.cert
-        if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
-            raise EnrollmentAuthError("the client certificate is expired or not yet valid")
-        presented = device_id_of(cert)
-        if self._from_fleet_ca(cert):
-            serial = format(cert.serial_number, "x")
-            row = s.get(IssuedCertificate, serial)
-            if row is None or row.kind != "device":
+        if it.serial is not None:
+            row = st.presented.get(it.serial)
+            if row is None or row[0] != "device":
                 raise EnrollmentAuthError(
                     "the client certificate is not a known device certificate"
                 )
-            if row.status == "revoked":
+            if row[1] == "revoked":
                 raise EnrollmentAuthError("the client certificate is revoked")
-            if row.device_id != device_id or presented != device_id:
+            presented = device_id_of(cast(CertAuth, it.req.auth).cert)
+            if row[2] != device_id or presented != device_id:
                 raise EnrollmentForbidden(
-                    f"the CSR names device {device_id!r} but the certificate is {row.device_id!r}'s"
+                    f"the CSR names device {device_id!r} but the certificate is {row[2]!r}'s"
                 )
-            return "est-reenroll", None, row
-        if reenroll:
-            raise EnrollmentAuthError("re-enrolment needs a certificate from the fleet CA")
-        if any(_issued_by(cert, m) for m in self.manufacturer_cas):
-            if presented != device_id:
-                raise EnrollmentForbidden(
-                    f"the CSR names device {device_id!r} but the factory "
-                    f"certificate is {presented!r}'s"
-                )
-            return "est-factory", None, None
-        raise EnrollmentAuthError(
-            "the client certificate is not from the fleet or a manufacturer CA"
-        )
-
-    def _enroll(
-        self,
-        csr: x509.CertificateSigningRequest,
-        device_id: str,
-        auth: EnrollAuth | None,
-        *,
-        reenroll: bool,
-        src_ip: str | None,
-    ) -> Issued | Pending:
-        now = datetime.now(UTC)
-        pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
-        # One transaction: checks, signing (well under a millisecond) and the writes, so
-        # a refusal anywhere rolls everything back and a success commits it all at once.
-        with self._issuing(), self.registry.session() as s:
-            status = s.scalar(select(Device.status).where(Device.id == device_id))
-            if status is None:
-                raise NotFoundError(f"device {device_id!r} is not in the registry")
-            via, token, current = self._authenticate(s, device_id, auth, now, reenroll)
-            if status != "active":
-                raise EnrollmentForbidden(f"device {device_id!r} is {status}, not active")
-            key_type = check_public_key(pub, self.settings)
-            fp = public_key_fingerprint(pub)
-            policy = self._policy(s, device_id)
-            claim_keys(s, [fp])
-            owners = set(
-                s.scalars(
-                    select(IssuedCertificate.device_id).where(
-                        IssuedCertificate.public_key_sha256 == fp
-                    )
-                )
+        if status != "active":
+            if operator:
+                raise EnrollmentForbidden(f"device {device_id!r} is not registered and active")
+            raise EnrollmentForbidden(f"device {device_id!r} is {status}, not active")
+        key_type = check_public_key(it.pub, self.settings)
+        fp = it.fp
+        policy = st.policies[device_id]
+        owners = st.owners.get(fp, set())
+        if owners - {device_id}:
+            raise EnrollmentForbidden(
+                "this public key is already certified for another device (shared keys refused)"
             )
-            if owners - {device_id}:
-                raise EnrollmentForbidden(
-                    "this public key is already certified for another device (shared keys refused)"
+        if (
+            owners
+            and via == "est-reenroll"
+            and self.settings.require_fresh_key
+            and not policy.allow_key_reuse
+        ):
+            raise EnrollmentRefused(
+                "re-enrolment requires a fresh key (this key was certified before)"
+            )
+        key = st.keys.get(device_id)
+        # Key reuse allowed by policy, but never past the group's maximum key age.
+        if (
+            owners
+            and policy.max_key_age is not None
+            and key is not None
+            and key.public_key_sha256 == fp
+            and aware(key.key_first_certified_at) + policy.max_key_age <= now
+        ):
+            raise EnrollmentRefused(
+                "this key is older than the group's maximum key age; use a fresh key"
+            )
+        approval = self.settings.manual_approval and via != "est-reenroll" and not operator
+        if approval:
+            pending = self._approval(s, device_id, fp)
+            if pending is not None:
+                return pending
+        cert = self.ca.issue_device(device_id, it.pub, lifetime=policy.lifetime, now=now)
+        serial = format(cert.serial_number, "x")
+        if token is not None:
+            # Conditional: another writer (PostgreSQL, another process) may have used it.
+            used = s.execute(
+                update(EnrollmentToken)
+                .where(EnrollmentToken.id == token.id, EnrollmentToken.used_at.is_(None))
+                .values(used_at=now)
+            )
+            if used.rowcount != 1:  # type: ignore[attr-defined]
+                raise EnrollmentAuthError("enrolment token already used (replay refused)")
+            st.used_tokens.add(cast(str, it.token_hash))
+        prev = st.active.pop(device_id, [])
+        superseded.extend(prev)
+        prev_serial = it.serial if it.serial is not None else (prev[-1] if prev else None)
+        actor = it.req.auth.actor.name if isinstance(it.req.auth, OperatorAuth) else None
+        self._store_rows(
+            rows, cert, device_id, fp, key_type, via, now, prev_serial, "device", actor, key
+        )
+        st.owners.setdefault(fp, set()).add(device_id)
+        if approval:
+            s.execute(
+                update(EnrollRequest)
+                .where(
+                    EnrollRequest.device_id == device_id,
+                    EnrollRequest.public_key_sha256 == fp,
+                    EnrollRequest.status == "approved",
                 )
-            if (
-                owners
-                and via == "est-reenroll"
-                and self.settings.require_fresh_key
-                and not policy.allow_key_reuse
-            ):
-                raise EnrollmentRefused(
-                    "re-enrolment requires a fresh key (this key was certified before)"
-                )
-            if owners and policy.max_key_age is not None:
-                # Key reuse allowed by policy, but never past the group's maximum key age.
-                k = s.get(DeviceKey, device_id)
-                if (
-                    k is not None
-                    and k.public_key_sha256 == fp
-                    and aware(k.key_first_certified_at) + policy.max_key_age <= now
-                ):
-                    raise EnrollmentRefused(
-                        "this key is older than the group's maximum key age; use a fresh key"
-                    )
-            if self.settings.manual_approval and via != "est-reenroll":
-                pending = self._approval(s, device_id, fp)
-                if pending is not None:
-                    return pending
-            cert = self.ca.issue_device(device_id, pub, lifetime=policy.lifetime, now=now)
-            serial = format(cert.serial_number, "x")
-            if token is not None:
-                used = s.execute(
-                    update(EnrollmentToken)
-                    .where(EnrollmentToken.id == token.id, EnrollmentToken.used_at.is_(None))
-                    .values(used_at=now)
-                )
-                if used.rowcount != 1:  # type: ignore[attr-defined]
-                    raise EnrollmentAuthError("enrolment token already used (replay refused)")
-            self._store(s, cert, device_id, fp, key_type, via, now, current)
-            if self.settings.manual_approval and via != "est-reenroll":
-                s.execute(
-                    update(EnrollRequest)
-                    .where(
-                        EnrollRequest.device_id == device_id,
-                        EnrollRequest.public_key_sha256 == fp,
-                        EnrollRequest.status == "approved",
-                    )
-                    .values(status="issued")
-                )
+                .values(status="issued")
+            )
         return Issued(device_id, cert, serial, via)
 
     def _approval(self, s: Session, device_id: str, fp: str) -> Pending | None:
@@ -478,29 +736,16 @@ class IdentityService:
         key_type: str,
         via: str,
         now: datetime,
-        current: IssuedCertificate | None,
+        *,
         kind: str = "device",
         actor: str | None = None,
     ) -> None:
-        """Rows for one issued certificate, written in the caller's transaction."""
-        # no_autoflush: the look-ups below need no pending rows of this transaction.
-        with s.no_autoflush:
-            rows = NewRows()
-            history = None
-            key = None
-            if device_id is not None and kind == "device":
-                # Filter by device only (few rows each) and the rest in Python: with a
-                # status condition SQLite may pick the low-selectivity status index.
-                history = list(
-                    s.scalars(
-                        select(IssuedCertificate).where(IssuedCertificate.device_id == device_id)
-                    )
-                )
-                key = s.get(DeviceKey, device_id)
-            self._store_rows(
-                rows, cert, device_id, fp, key_type, via, now, current, kind, actor, history, key
-            )
-            rows.insert(s)
+        """Rows for one certificate issued outside :meth:`enroll_many` (platform server
+        certificates), in the caller's transaction."""
+        rows = NewRows()
+        key = s.get(DeviceKey, device_id) if device_id is not None and kind == "device" else None
+        self._store_rows(rows, cert, device_id, fp, key_type, via, now, None, kind, actor, key)
+        rows.insert(s)
 
     def _store_rows(
         self,
@@ -511,28 +756,18 @@ class IdentityService:
         key_type: str,
         via: str,
         now: datetime,
-        current: IssuedCertificate | None,
+        prev_serial: str | None,
         kind: str,
         actor: str | None,
-        history: list[IssuedCertificate] | None,
         key: DeviceKey | None,
     ) -> None:
         """Collect the new rows for one issued certificate in ``rows`` (one multi-row
-        INSERT per table later, see :class:`NewRows`); updates of existing rows (the
-        superseded predecessor, the device's key record) go through the ORM and are
-        flushed with the same transaction."""
+        INSERT per table later, see :class:`NewRows`); the device's existing key record
+        is updated through the ORM and flushed with the same transaction."""
         der = cert.public_bytes(serialization.Encoding.DER)
         cert_fp = sha256_hex(der)
         serial = format(cert.serial_number, "x")
         not_after = cert.not_valid_after_utc
-        prev_serial = None
-        if history is not None:
-            prev = [r for r in history if r.status == "active" and r.kind == "device"]
-            for p in prev:
-                p.status = "superseded"
-            prev_serial = (
-                current.serial if current is not None else (prev[-1].serial if prev else None)
-            )
         rows.certs.append(
             (
                 serial,
@@ -586,89 +821,20 @@ class IdentityService:
         self, csrs: list[bytes], actor: Actor, *, via: str = "provision"
     ) -> list[Issued | EnrollmentRefused]:
         """Factory-line provisioning: issue certificates for many CSRs at once (the
-        operator is the authority, so no per-device token). Same checks as EST (CSR
+        operator is the authority, so no per-device token). The checks of EST (CSR
         signature, registered active device, key policy, shared-key M1 check, also
-        within the batch), set-based look-ups and one transaction for the batch, which
-        holds the key claim (:func:`claim_keys`) from the M1 look-up to the commit.
-        Returns, per CSR in order, the issued certificate or the refusal."""
-        now = datetime.now(UTC)
-        parsed: list[tuple[int, str, CertificateIssuerPublicKeyTypes, str, str]] = []
-        out: list[Issued | EnrollmentRefused | None] = [None] * len(csrs)
-        settings = self.settings
-        for i, der in enumerate(csrs):
-            try:
-                csr = parse_csr(der)
-                did = csr_device_id(csr)
-                pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
-                kt = check_public_key(pub, settings)
-                parsed.append((i, did, pub, kt, public_key_fingerprint(pub)))
-            except EnrollmentRefused as exc:
-                out[i] = exc
-        with self._issuing(), self.registry.session() as s, s.no_autoflush:
-            ids = list({p[1] for p in parsed})
-            fps = [p[4] for p in parsed]
-            claim_keys(s, fps)
-            active = set(
-                s.scalars(select(Device.id).where(Device.id.in_(ids), Device.status == "active"))
-            )
-            owners: dict[str, set[str]] = {}
-            for fp, dev in s.execute(
-                select(IssuedCertificate.public_key_sha256, IssuedCertificate.device_id).where(
-                    IssuedCertificate.public_key_sha256.in_(fps)
-                )
-            ):
-                owners.setdefault(fp, set()).add(str(dev))
-            history: dict[str, list[IssuedCertificate]] = {d: [] for d in ids}
-            for row in s.scalars(
-                select(IssuedCertificate).where(IssuedCertificate.device_id.in_(ids))
-            ):
-                history[str(row.device_id)].append(row)
-            keys = {
-                k.device_id: k
-                for k in s.scalars(select(DeviceKey).where(DeviceKey.device_id.in_(ids)))
-            }
-            seen: set[str] = set()
-            rows = NewRows()
-            for i, did, pub, kt, fp in parsed:
-                if did not in active:
-                    out[i] = EnrollmentForbidden(f"device {did!r} is not registered and active")
-                    continue
-                if (owners.get(fp, set()) - {did}) or fp in seen or did in seen:
-                    out[i] = EnrollmentForbidden(
-                        "public key shared with another device, or device twice in the batch"
-                    )
-                    continue
-                seen.add(fp)
-                seen.add(did)
-                cert = self.ca.issue_device(did, pub, now=now)
-                self._store_rows(
-                    rows,
-                    cert,
-                    did,
-                    fp,
-                    kt,
-                    via,
-                    now,
-                    None,
-                    "device",
-                    actor.name,
-                    history[did],
-                    keys.get(did),
-                )
-                out[i] = Issued(did, cert, format(cert.serial_number, "x"), via)
-            for i, result in enumerate(out):
-                if isinstance(result, EnrollmentRefused):
-                    event = authentication(
-                        device_uid=None,
-                        src_ip=actor.src_ip,
-                        success=False,
-                        message=f"provisioning of CSR #{i} refused: {result}",
-                        protocol="provision",
-                        extra={"unmapped": {"identity_event": REFUSED, "reason": str(result)}},
-                    )
-                    rows.events.append((now, event.to_ocsf(), None))
-            rows.insert(s)
-        return [r for r in out if r is not None]
+        within the batch) through :meth:`enroll_many`, in one transaction: if it fails,
+        nothing is written and the error propagates. A device named twice is refused
+        the second time (a factory batch names each device once). Returns, per CSR in
+        order, the issued certificate or the refusal."""
+        auth = OperatorAuth(actor, via)
+        requests = [EnrollmentRequest(der, auth, src_ip=actor.src_ip) for der in csrs]
+        out: list[Issued | EnrollmentRefused] = []
+        for r in self.enroll_many(requests, isolate=False, once_per_device=True):
+            if not isinstance(r, Issued | EnrollmentRefused):  # pragma: no cover
+                raise AssertionError(f"provisioning cannot give {r!r}")
+            out.append(r)
+        return out
 
     def record_server_certificate(self, cert: x509.Certificate, actor: Actor) -> None:
         """Keep platform TLS certificates in the registry too (they are fleet CA output)."""
@@ -683,7 +849,6 @@ class IdentityService:
                 ),
                 "server-profile",
                 datetime.now(UTC),
-                None,
                 kind="server",
                 actor=actor.name,
             )
@@ -776,9 +941,22 @@ class IdentityService:
             )
         return serials
 
-    def _from_fleet_ca(self, cert: x509.Certificate) -> bool:
-        """Issued by the current or a retired (still accepted) issuing CA."""
-        return any(_issued_by(cert, ca.cert) for ca in self.ca.issuers)
+    def _from_fleet_ca(
+        self, cert: x509.Certificate, issuers: tuple[FleetCA, ...] | None = None
+    ) -> bool:
+        """Issued by the current or a retired (still accepted) issuing CA. The answer
+        is kept per certificate and set of issuing CAs: the signature check costs as
+        much as a signature, and a device presents the same certificate on every
+        request of its connection."""
+        issuers = issuers or tuple(self.ca.issuers)
+        key = (cert.fingerprint(hashes.SHA256()), tuple(ca.key_id for ca in issuers))
+        known = self._issuer_cache.get(key)
+        if known is None:
+            known = any(_issued_by(cert, ca.cert) for ca in issuers)
+            if len(self._issuer_cache) >= _ISSUER_CACHE_SIZE:
+                self._issuer_cache.clear()
+            self._issuer_cache[key] = known
+        return known
 
     @staticmethod
     def _issuer_filter(issuer: FleetCA) -> Any:

@@ -1,7 +1,7 @@
-"""The fixed EST answers (``GET cacerts`` / ``csrattrs``) served in front of the framework
-(``identity.est.EstFixedResponses``) are the same as the routed ones, follow a rollover
-and a pruned retired CA, and leave everything else (labels, methods, bodies, no CA) to
-the routes."""
+"""EST served in front of the framework (``identity.est.EstEndpoint``): the fixed answers
+(``GET cacerts`` / ``csrattrs``) follow a rollover and a pruned retired CA; unknown
+labels and operations, wrong methods and a missing fleet CA get their status codes; the
+rest of the API is untouched."""
 
 from __future__ import annotations
 
@@ -56,9 +56,10 @@ def test_fixed_answers_match_routes_and_follow_the_ca(
 ) -> None:
     app = create_app(load_settings(tmp_path / "data"), registry)
     with TestClient(app) as c:
-        # no fleet CA on the app yet: the route answers, not the fixed layer
+        # no fleet CA on the app yet
         r = c.get("/.well-known/est/cacerts")
         assert r.status_code == 503
+        assert c.post("/.well-known/est/simpleenroll").status_code == 503
         app.state.identity = svc
         for path in ("/.well-known/est/cacerts", "/.well-known/est/device/cacerts"):
             r = c.get(path)
@@ -69,15 +70,25 @@ def test_fixed_answers_match_routes_and_follow_the_ca(
         r = c.get("/.well-known/est/csrattrs")
         assert r.status_code == 200 and base64.b64decode(r.content) == CSR_ATTRS
         assert r.headers["content-type"] == "application/csrattrs"
-        # the same request through the routes (a declared body skips the fixed layer)
-        routed = c.request("GET", "/.well-known/est/cacerts", content=b"x")
+        # a GET's body is not read and changes nothing
+        with_body = c.request("GET", "/.well-known/est/cacerts", content=b"x")
         assert (
-            routed.status_code == 200
-            and routed.content == c.get("/.well-known/est/cacerts").content
+            with_body.status_code == 200
+            and with_body.content == c.get("/.well-known/est/cacerts").content
         )
-        # refusals stay with the routes
-        assert c.get("/.well-known/est/bogus/cacerts").status_code == 404
-        assert c.post("/.well-known/est/cacerts").status_code == 405
+        # refusals, as text/plain with the reason
+        r = c.get("/.well-known/est/bogus/cacerts")
+        assert r.status_code == 404 and "unknown EST label" in r.text
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+        for path in ("/.well-known/est/", "/.well-known/est/nope", "/.well-known/est/a/b/c"):
+            assert c.get(path).status_code == 404
+        r = c.post("/.well-known/est/cacerts")
+        assert r.status_code == 405 and r.headers["allow"] == "GET"
+        r = c.get("/.well-known/est/device/simpleenroll")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        # the rest of the API is the framework's as before
+        assert c.get("/health").status_code == 200
+        assert c.get("/v1/devices").status_code == 401
 
         # a rollover: the new issuing CA is served at once
         before = c.get("/.well-known/est/cacerts").content

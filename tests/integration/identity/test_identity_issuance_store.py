@@ -159,14 +159,14 @@ def _race(first: IdentityService, second: IdentityService, monkeypatch, calls) -
     """Run two enrolments so that both have passed every read before the key check;
     without the key claim both would see the key as unowned."""
     barrier = threading.Barrier(2, timeout=20)
-    real = IdentityService._policy
+    real = IdentityService._policies
 
-    def policy(self: IdentityService, s: object, device_id: str):  # type: ignore[no-untyped-def]
-        out = real(self, s, device_id)  # type: ignore[arg-type]
+    def policies(self: IdentityService, s: object, ids: list[str]):  # type: ignore[no-untyped-def]
+        out = real(self, s, ids)  # type: ignore[arg-type]
         barrier.wait()
         return out
 
-    monkeypatch.setattr(IdentityService, "_policy", policy)
+    monkeypatch.setattr(IdentityService, "_policies", policies)
     results: list[object] = []
 
     def go(service: IdentityService, call) -> None:  # type: ignore[no-untyped-def]

@@ -227,9 +227,7 @@ def test_expired_revoked_certificates_leave_the_crl(svc, registry) -> None:
     from fleetwarden.identity.ca import public_key_fingerprint
 
     with registry.session() as s:
-        svc._store(
-            s, cert, "a", public_key_fingerprint(key.public_key()), "ec-p256", "test", past, None
-        )
+        svc._store(s, cert, "a", public_key_fingerprint(key.public_key()), "ec-p256", "test", past)
     _, live = enroll(svc, "a")
     svc.revoke("a", "superseded", ACTOR, serial=live.serial)
     from fleetwarden.identity.models import IssuedCertificate

@@ -191,7 +191,6 @@ def test_reenroll_with_expired_certificate(fleet, tmp_path) -> None:
             "ec-p256",
             "test",
             past,
-            None,
         )
     c, k = write_pair(tmp_path, "old", cert, key)
     before = fleet.issued_count(), len(fleet.refusals())
