@@ -135,7 +135,7 @@ def _session_worker(
     # I/O bound (the GIL is released while waiting for the server).
     threads = [threading.Thread(target=lane, args=(w,)) for w in lanes]
     barrier.wait(timeout=120)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
@@ -144,7 +144,7 @@ def _session_worker(
     ok = sum(r[0] for r in results)
     errors = [e for r in results for e in r[1]]
     bodies = [b for r in results for b in r[2]]
-    out.put((ok, errors[:5], len(errors), elapsed, bodies))
+    out.put((ok, errors[:5], len(errors), elapsed, bodies, time.process_time() - cpu0))
 
 
 def _request_worker(
@@ -191,7 +191,7 @@ def _request_worker(
     elapsed = time.perf_counter() - t0
     for s in socks:
         s.close()
-    out.put((sum(r[0] for r in res), [], sum(r[1] for r in res), elapsed, []))
+    out.put((sum(r[0] for r in res), [], sum(r[1] for r in res), elapsed, [], 0.0))
 
 
 @dataclass
@@ -201,6 +201,8 @@ class Result:
     first_errors: list[str]
     seconds: float
     bodies: list[bytes]
+    #: CPU seconds of the client workers in the timed phase (sessions only)
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -233,6 +235,7 @@ def _run(target: Any, args_per_proc: list[tuple[Any, ...]]) -> Result:
         first_errors=[e for p in parts for e in p[1]][:5],
         seconds=elapsed,
         bodies=[b for p in parts for b in p[4]],
+        cpu=sum(p[5] for p in parts),
     )
 
 

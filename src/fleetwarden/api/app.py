@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp
 
 from fleetwarden import __version__
 from fleetwarden.api.auth import READ, require
@@ -30,8 +31,17 @@ from fleetwarden.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class _Api(FastAPI):
+    """The admin API, with EST in front of its whole middleware stack, the framework's
+    own error and telemetry layers included: EST is a fixed wire protocol with its own
+    size limits and error answers (see :class:`EstEndpoint`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EstEndpoint(super().build_middleware_stack())
+
+
 def create_app(settings: Settings, registry: Registry) -> FastAPI:
-    app = FastAPI(
+    app = _Api(
         title="fleetwarden",
         version=__version__,
         description="IoT fleet security control plane: admin API.",
@@ -49,8 +59,6 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
             firmware_api.UPLOAD_PATH: settings.firmware.max_image_bytes,
         },
     )
-    # outermost: EST is a fixed wire protocol served in front of the whole stack
-    app.add_middleware(EstEndpoint)
 
     @app.exception_handler(Error)
     async def _error(_: Request, exc: Error) -> JSONResponse:

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import String, Table, func, or_, select, text, true, update
+from sqlalchemy import String, Table, bindparam, func, or_, select, text, true, update
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
@@ -189,7 +189,7 @@ class _RoundState:
     policies: dict[str, Policy] = field(default_factory=dict)
     owners: dict[str, set[str]] = field(default_factory=dict)
     active: dict[str, list[str]] = field(default_factory=dict)
-    keys: dict[str, DeviceKey] = field(default_factory=dict)
+    keys: dict[str, KeyRecord] = field(default_factory=dict)
 
 
 def _refusal_event(
@@ -566,10 +566,7 @@ class IdentityService:
                     .order_by(IssuedCertificate.issued_at, IssuedCertificate.serial)
                 ):
                     st.active.setdefault(str(did), []).append(serial)
-                st.keys = {
-                    k.device_id: k
-                    for k in s.scalars(select(DeviceKey).where(DeviceKey.device_id.in_(ids)))
-                }
+                st.keys = key_records(s, ids)
             rows = NewRows()
             superseded: list[str] = []
             for it in items:
@@ -743,7 +740,9 @@ class IdentityService:
         """Rows for one certificate issued outside :meth:`enroll_many` (platform server
         certificates), in the caller's transaction."""
         rows = NewRows()
-        key = s.get(DeviceKey, device_id) if device_id is not None and kind == "device" else None
+        key = None
+        if device_id is not None and kind == "device":
+            key = key_records(s, [device_id]).get(device_id)
         self._store_rows(rows, cert, device_id, fp, key_type, via, now, None, kind, actor, key)
         rows.insert(s)
 
@@ -759,7 +758,7 @@ class IdentityService:
         prev_serial: str | None,
         kind: str,
         actor: str | None,
-        key: DeviceKey | None,
+        key: KeyRecord | None,
     ) -> None:
         """Collect the new rows for one issued certificate in ``rows`` (one multi-row
         INSERT per table later, see :class:`NewRows`); the device's existing key record
@@ -791,14 +790,20 @@ class IdentityService:
             return
         if key is None:
             rows.keys.append((device_id, fp, key_type, now, None, 0, serial))
-        else:
-            if key.public_key_sha256 != fp:
-                key.public_key_sha256 = fp
-                key.key_type = key_type
-                key.key_first_certified_at = now
-                key.last_rotation_at = now
-                key.rotations += 1
-            key.current_serial = serial
+        elif key.public_key_sha256 != fp:  # a new key: a rotation
+            rows.key_updates.append((fp, key_type, now, now, key.rotations + 1, serial, device_id))
+        else:  # the same key again (reuse allowed by policy): only the certificate changes
+            rows.key_updates.append(
+                (
+                    fp,
+                    key.key_type,
+                    key.key_first_certified_at,
+                    key.last_rotation_at,
+                    key.rotations,
+                    serial,
+                    device_id,
+                )
+            )
         event = device_config_change(
             device_uid=device_id,
             actor=actor or f"device:{device_id}",
@@ -1248,6 +1253,21 @@ _KEY_ROWS = RowInserter(
         "current_serial",
     ),
 )
+_KEYS = cast(Table, DeviceKey.__table__)
+#: one device-key record's new state (executemany; a row's values in this order)
+_KEY_UPDATE_PARAMS = ("k_fp", "k_type", "k_first", "k_rotated", "k_rotations", "k_serial", "k_id")
+_KEY_UPDATE = (
+    update(_KEYS)
+    .where(_KEYS.c.device_id == bindparam("k_id"))
+    .values(
+        public_key_sha256=bindparam("k_fp"),
+        key_type=bindparam("k_type"),
+        key_first_certified_at=bindparam("k_first"),
+        last_rotation_at=bindparam("k_rotated"),
+        rotations=bindparam("k_rotations"),
+        current_serial=bindparam("k_serial"),
+    )
+)
 _EVENT_ROWS = RowInserter(
     cast(Table, OutboxEvent.__table__), ("created_at", "payload", "relayed_at")
 )
@@ -1262,11 +1282,18 @@ class NewRows:
     certs: list[tuple[Any, ...]] = field(default_factory=list)
     keys: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
+    #: updated device-key records, in the order of :data:`_KEY_UPDATE` (device id last)
+    key_updates: list[tuple[Any, ...]] = field(default_factory=list)
 
     def insert(self, s: Session) -> None:
         conn = s.connection()
         _CERT_ROWS.execute(conn, self.certs)
         _KEY_ROWS.execute(conn, self.keys)
+        if self.key_updates:
+            conn.execute(
+                _KEY_UPDATE,
+                [dict(zip(_KEY_UPDATE_PARAMS, u, strict=True)) for u in self.key_updates],
+            )
         _EVENT_ROWS.execute(conn, self.events)
 
 
@@ -1281,6 +1308,35 @@ def subject_string(cert: x509.Certificate, device_id: str | None) -> str:
     if device_id is not None and _PLAIN_ID.fullmatch(device_id):
         return ("CN=" + device_id)[:512]
     return cert.subject.rfc4514_string()[:512]
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A device's key record as read for an issuance (see ``identity_device_keys``)."""
+
+    public_key_sha256: str
+    key_type: str
+    key_first_certified_at: datetime
+    last_rotation_at: datetime | None
+    rotations: int
+
+
+def key_records(s: Session, ids: list[str]) -> dict[str, KeyRecord]:
+    """The key records of devices ``ids`` (those that have one)."""
+    k = DeviceKey
+    return {
+        did: KeyRecord(fp, kt, first, rotated, rotations)
+        for did, fp, kt, first, rotated, rotations in s.execute(
+            select(
+                k.device_id,
+                k.public_key_sha256,
+                k.key_type,
+                k.key_first_certified_at,
+                k.last_rotation_at,
+                k.rotations,
+            ).where(k.device_id.in_(ids))
+        )
+    }
 
 
 def claim_keys(s: Session, fingerprints: list[str]) -> None:
