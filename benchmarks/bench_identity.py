@@ -334,7 +334,9 @@ def bench_est(n: int, procs: int, wrk_seconds: int, ka_devices: int = 32) -> lis
         wrk_health = _wrk(f"{base}/health", wrk_seconds, 16)
         wrk_cacerts = _wrk(f"{base}/.well-known/est/cacerts", wrk_seconds, 16)
         ka = est_load.run_requests(addr, root, cacerts, 4000, procs=procs, conns=1)
+        server0 = _cpu_seconds(proc.pid)
         enrol = est_load.run_sessions(addr, root, devices, procs=procs, conns=1, keep_bodies=True)
+        session_cpu = _cpu_seconds(proc.pid) - server0
         renewing = _renewing_devices(d, host, enrol.bodies, csrs, ka_devices, 2 * n)
         server0 = _cpu_seconds(proc.pid)
         renew = est_load.run_sessions(
@@ -362,6 +364,9 @@ def bench_est(n: int, procs: int, wrk_seconds: int, ka_devices: int = 32) -> lis
         f"| EST session per device: new mTLS connection (factory certificate), GET cacerts, "
         f"GET csrattrs, POST simpleenroll; {procs} client processes "
         f"| {n:,} | {enrol.rate:,.0f} enrollments/s | {enrol.rate / ref:.0%} of /health req/s |",
+        f"| CPU per device session: server process {session_cpu / max(enrol.ok, 1) * 1e3:.2f} ms, "
+        f"load client {enrol.cpu / max(enrol.ok, 1) * 1e3:.2f} ms (timed phase, "
+        f"{enrol.seconds:.1f} s, 2 cores) | | | |",
         f"| baseline: GET cacerts, keep-alive HTTPS, this client, {procs} processes "
         f"| {ka.ok:,} | {ka.rate:,.0f} req/s | |",
     ]

@@ -5,10 +5,11 @@ Invariants:
 - nothing is signed before the CSR's signature, the device's authentication, the key
   policy and the shared-key check (M1: one public key belongs to one device) pass;
 - a certificate, the token it consumed, the superseded predecessor, the device's key
-  record and the event describing it commit in ONE transaction; a single-use token is
-  consumed by a conditional UPDATE so two concurrent uses cannot both succeed;
-- every refusal records an OCSF Authentication event (status Failure) in its own
-  transaction before the error propagates; no refusal writes anything else;
+  record and the event describing it commit in ONE transaction (that of the request's
+  round in :meth:`IdentityService.enroll_many`, the EST group commit); a single-use
+  token is consumed by a conditional UPDATE so two concurrent uses cannot both succeed;
+- every refusal records an OCSF Authentication event (status Failure), committed before
+  the refusal is answered; no refusal writes anything else;
 - revocation marks the rows and records a Device Config State Change event whose
   ``unmapped.changes.identity_event`` is ``certificate.revoked`` (the gateway acts on it,
   see :func:`revocation_of`); the CRL is regenerated from the registry, never edited.
@@ -373,7 +374,8 @@ class IdentityService:
             rounds[k].append(it)
         for batch in rounds:
             try:
-                self._issue_round(batch, now, out)
+                # each round its own time: a device's later certificate is issued later
+                self._issue_round(batch, datetime.now(UTC), out)
             except Exception as exc:
                 if not isolate:
                     raise
@@ -382,7 +384,7 @@ class IdentityService:
                     continue
                 for it in batch:  # alone, so that one bad request fails only itself
                     try:
-                        self._issue_round([it], now, out)
+                        self._issue_round([it], datetime.now(UTC), out)
                     except Exception as alone:
                         out[it.index] = alone
         assert all(r is not None for r in out)
