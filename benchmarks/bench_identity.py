@@ -9,23 +9,27 @@ Targets (issue [identity]):
 - a CRL with 100,000 revoked entries in <= 2 s.
 
 What each figure measures (no shortcuts hidden):
-- "core path": ``IdentityService.provision`` (factory-line batch issuance) in batches of
-  500 on SQLite: per CSR the DER parse + signature check, device-id and key policy,
-  public-key fingerprint, M1 shared-key check (set-based), ``FleetCA.issue_device``
-  (full device profile) and the same certificate + device-key + outbox-event rows the
-  EST path writes, one transaction per batch;
+- "core path": ``IdentityService.provision`` (factory-line batch issuance, the same
+  engine as EST: ``enroll_many``) in batches of 500 on SQLite: per CSR the DER parse +
+  signature check, device-id and key policy, rotation policy, public-key fingerprint,
+  M1 shared-key check (set-based), ``FleetCA.issue_device`` (full device profile) and
+  the certificate + device-key + outbox-event rows, one transaction per batch; three
+  rounds alternating with the bare loop, median ratio reported;
 - "bare loop": ``cryptography`` alone: load CSR, check its signature, sign a certificate
   with the same extensions, DER-encode; no policy, no storage;
 - "EST": the real ``fleetwarden up`` process (SQLite, gateway and audit log running as
   in production) and a load client on the same machine (``est_load.py``: several
-  processes, raw ``ssl`` sockets, everything prepared before the timed phase). One
-  device session = a new mTLS connection with the device's factory certificate, then
-  over that keep-alive connection ``GET cacerts``, ``GET csrattrs`` and ``POST
-  simpleenroll``; every enrolment is complete (auth, policy, M1 claim, sign, one
-  transaction with the event). Baselines from the same server in the same run: ``GET
-  /health`` (the reference: it runs through the whole framework stack and one SQLite
-  query) and ``GET cacerts`` (a fixed answer in front of the framework) over keep-alive
-  HTTPS from ``wrk`` (when installed), and ``GET cacerts`` from this client;
+  processes, raw ``ssl`` sockets, everything prepared before the timed phase). Two
+  workloads: (1) device sessions: a new mTLS connection with the device's factory
+  certificate, then over that keep-alive connection ``GET cacerts``, ``GET csrattrs``
+  and ``POST simpleenroll``; (2) keep-alive re-enrolment (the target's workload):
+  devices enrolled in (1), each on its own keep-alive mTLS connection with its new
+  fleet certificate, ``POST simplereenroll`` with a fresh key per request. Every
+  enrolment is complete (auth, policy, M1 claim, sign, committed with its event). CPU
+  per enrolment of the server (``/proc``) and the client workers. Baselines from the
+  same server in the same run: ``GET /health`` (the whole framework stack and one
+  SQLite query) and ``GET cacerts`` (a cached answer in front of the framework) over
+  keep-alive HTTPS from ``wrk`` (when installed), and ``GET cacerts`` from this client;
 - "CRL": ``IdentityService.regenerate_crl`` (registry query, build, sign, write DER + PEM)
   with N revoked certificates in the registry; baseline: ``cryptography`` building and
   signing the same CRL from in-memory entries.
