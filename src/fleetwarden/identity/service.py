@@ -184,7 +184,7 @@ class _RoundState:
     """What one round looked up, updated as its requests are decided in order."""
 
     status: dict[str, str] = field(default_factory=dict)
-    tokens: dict[str, EnrollmentToken] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)  # rows of _Q_TOKENS
     used_tokens: set[str] = field(default_factory=set)
     presented: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
@@ -481,14 +481,10 @@ class IdentityService:
     def _policies(self, s: Session, ids: list[str]) -> dict[str, Policy]:
         """Each device's rotation policy: the strictest of its groups' policies, the
         configured defaults for a device in no group with one."""
-        by_device: dict[str, list[RotationPolicy]] = {}
+        by_device: dict[str, list[Any]] = {}
         if ids:
-            for did, row in s.execute(
-                select(device_groups.c.device_id, RotationPolicy)
-                .join(device_groups, device_groups.c.group_id == RotationPolicy.group_id)
-                .where(device_groups.c.device_id.in_(ids))
-            ):
-                by_device.setdefault(did, []).append(row)
+            for row in s.connection().execute(_Q_POLICIES, {"ids": ids}):
+                by_device.setdefault(row.device_id, []).append(row)
         cfg = self.settings
         default = Policy(timedelta(days=cfg.device_lifetime_days), cfg.renew_fraction, None, False)
         out = {}
@@ -515,34 +511,20 @@ class IdentityService:
         live = [it for it in items if it.refusal is None]
         ids = sorted({it.device_id for it in live})
         with self._issuing(), self.registry.session() as s, s.no_autoflush:
+            # Core statements built once (module level), on the session's connection:
+            # no ORM objects are loaded, and no statement is built per round.
+            conn = s.connection()
             st = _RoundState()
             if ids:
-                st.status = {
-                    did: status
-                    for did, status in s.execute(
-                        select(Device.id, Device.status).where(Device.id.in_(ids))
-                    )
-                }
+                st.status = {d: status for d, status in conn.execute(_Q_STATUS, {"ids": ids})}
             hashes = [it.token_hash for it in live if it.token_hash]
             if hashes:
-                st.tokens = {
-                    t.secret_hash: t
-                    for t in s.scalars(
-                        select(EnrollmentToken).where(EnrollmentToken.secret_hash.in_(hashes))
-                    )
-                }
+                st.tokens = {t.secret_hash: t for t in conn.execute(_Q_TOKENS, {"ids": hashes})}
             serials = [it.serial for it in live if it.serial]
             if serials:
                 st.presented = {
                     serial: (kind, status, did)
-                    for serial, kind, status, did in s.execute(
-                        select(
-                            IssuedCertificate.serial,
-                            IssuedCertificate.kind,
-                            IssuedCertificate.status,
-                            IssuedCertificate.device_id,
-                        ).where(IssuedCertificate.serial.in_(serials))
-                    )
+                    for serial, kind, status, did in conn.execute(_Q_PRESENTED, {"ids": serials})
                 }
             st.policies = self._policies(s, ids)
             fps = [public_key_fingerprint(it.pub) for it in live]
@@ -551,22 +533,10 @@ class IdentityService:
             # From here to the commit no other writer can certify these keys (M1).
             claim_keys(s, fps)
             if fps:
-                for fp, dev in s.execute(
-                    select(IssuedCertificate.public_key_sha256, IssuedCertificate.device_id).where(
-                        IssuedCertificate.public_key_sha256.in_(fps)
-                    )
-                ):
+                for fp, dev in conn.execute(_Q_OWNERS, {"ids": fps}):
                     st.owners.setdefault(fp, set()).add(str(dev))
             if ids:
-                for did, serial in s.execute(
-                    select(IssuedCertificate.device_id, IssuedCertificate.serial)
-                    .where(
-                        IssuedCertificate.device_id.in_(ids),
-                        IssuedCertificate.status == "active",
-                        IssuedCertificate.kind == "device",
-                    )
-                    .order_by(IssuedCertificate.issued_at, IssuedCertificate.serial)
-                ):
+                for did, serial in conn.execute(_Q_ACTIVE, {"ids": ids}):
                     st.active.setdefault(str(did), []).append(serial)
                 st.keys = key_records(s, ids)
             rows = NewRows()
@@ -582,11 +552,7 @@ class IdentityService:
                 out[it.index] = refusal
                 rows.events.append((now, _refusal_of(it, refusal).to_ocsf(), None))
             if superseded:
-                s.execute(
-                    update(IssuedCertificate)
-                    .where(IssuedCertificate.serial.in_(superseded))
-                    .values(status="superseded")
-                )
+                conn.execute(_U_SUPERSEDE, {"ids": superseded})
             rows.insert(s)
 
     def _decide(
@@ -674,12 +640,8 @@ class IdentityService:
         serial = format(cert.serial_number, "x")
         if token is not None:
             # Conditional: another writer (PostgreSQL, another process) may have used it.
-            used = s.execute(
-                update(EnrollmentToken)
-                .where(EnrollmentToken.id == token.id, EnrollmentToken.used_at.is_(None))
-                .values(used_at=now)
-            )
-            if used.rowcount != 1:  # type: ignore[attr-defined]
+            used = s.connection().execute(_U_TOKEN, {"tid": token.id, "now": now})
+            if used.rowcount != 1:
                 raise EnrollmentAuthError("enrolment token already used (replay refused)")
             st.used_tokens.add(cast(str, it.token_hash))
         prev = st.active.pop(device_id, [])
@@ -1223,6 +1185,59 @@ def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_IC = IssuedCertificate
+#: the look-ups of an issuance round (``ids``: an expanding IN list)
+_Q_STATUS = select(Device.id, Device.status).where(Device.id.in_(bindparam("ids", expanding=True)))
+_Q_TOKENS = select(
+    EnrollmentToken.id,
+    EnrollmentToken.device_id,
+    EnrollmentToken.secret_hash,
+    EnrollmentToken.expires_at,
+    EnrollmentToken.used_at,
+).where(EnrollmentToken.secret_hash.in_(bindparam("ids", expanding=True)))
+_Q_PRESENTED = select(_IC.serial, _IC.kind, _IC.status, _IC.device_id).where(
+    _IC.serial.in_(bindparam("ids", expanding=True))
+)
+_Q_POLICIES = (
+    select(
+        device_groups.c.device_id,
+        RotationPolicy.lifetime_days,
+        RotationPolicy.renew_fraction,
+        RotationPolicy.max_key_age_days,
+        RotationPolicy.allow_key_reuse,
+    )
+    .join(device_groups, device_groups.c.group_id == RotationPolicy.group_id)
+    .where(device_groups.c.device_id.in_(bindparam("ids", expanding=True)))
+)
+_Q_OWNERS = select(_IC.public_key_sha256, _IC.device_id).where(
+    _IC.public_key_sha256.in_(bindparam("ids", expanding=True))
+)
+_Q_ACTIVE = (
+    select(_IC.device_id, _IC.serial)
+    .where(
+        _IC.device_id.in_(bindparam("ids", expanding=True)),
+        _IC.status == "active",
+        _IC.kind == "device",
+    )
+    .order_by(_IC.issued_at, _IC.serial)
+)
+_Q_KEYS = select(
+    DeviceKey.device_id,
+    DeviceKey.public_key_sha256,
+    DeviceKey.key_type,
+    DeviceKey.key_first_certified_at,
+    DeviceKey.last_rotation_at,
+    DeviceKey.rotations,
+).where(DeviceKey.device_id.in_(bindparam("ids", expanding=True)))
+_U_TOKEN = (
+    update(EnrollmentToken)
+    .where(EnrollmentToken.id == bindparam("tid"), EnrollmentToken.used_at.is_(None))
+    .values(used_at=bindparam("now"))
+)
+_U_SUPERSEDE = (
+    update(_IC).where(_IC.serial.in_(bindparam("ids", expanding=True))).values(status="superseded")
+)
+
 _CERT_ROWS = RowInserter(
     cast(Table, IssuedCertificate.__table__),
     (
@@ -1325,19 +1340,9 @@ class KeyRecord:
 
 def key_records(s: Session, ids: list[str]) -> dict[str, KeyRecord]:
     """The key records of devices ``ids`` (those that have one)."""
-    k = DeviceKey
     return {
         did: KeyRecord(fp, kt, first, rotated, rotations)
-        for did, fp, kt, first, rotated, rotations in s.execute(
-            select(
-                k.device_id,
-                k.public_key_sha256,
-                k.key_type,
-                k.key_first_certified_at,
-                k.last_rotation_at,
-                k.rotations,
-            ).where(k.device_id.in_(ids))
-        )
+        for did, fp, kt, first, rotated, rotations in s.connection().execute(_Q_KEYS, {"ids": ids})
     }
 
 
