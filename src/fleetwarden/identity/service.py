@@ -29,13 +29,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import String, Table, bindparam, func, or_, select, text, true, update
+from sqlalchemy import (
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy import cast as cast_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from fleetwarden.errors import NotFoundError, ValidationError
@@ -184,7 +198,7 @@ class _RoundState:
     """What one round looked up, updated as its requests are decided in order."""
 
     status: dict[str, str] = field(default_factory=dict)
-    tokens: dict[str, Any] = field(default_factory=dict)  # rows of _Q_TOKENS
+    tokens: dict[str, Any] = field(default_factory=dict)  # rows of _Lookups.tokens
     used_tokens: set[str] = field(default_factory=set)
     presented: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
@@ -226,17 +240,22 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+_SAN_OID = x509.SubjectAlternativeName.oid
+
+
 def csr_device_id(csr: x509.CertificateSigningRequest) -> str:
     cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(cns) != 1:
         raise EnrollmentRefused("the CSR subject must carry exactly one CN (the device id)")
     cn = str(cns[0].value)
     try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return cn
+        # a loop, not get_extension_for_class: most CSRs have no SAN, and the
+        # ExtensionNotFound raised for them cost a tenth of the per-CSR overhead
+        san = next((e.value for e in csr.extensions if e.oid == _SAN_OID), None)
     except ValueError as exc:
         raise EnrollmentRefused(f"the CSR extensions are malformed: {exc}") from exc
+    if not isinstance(san, x509.SubjectAlternativeName):
+        return cn
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.startswith(DEVICE_URI_PREFIX) and uri[len(DEVICE_URI_PREFIX) :] != cn:
             raise EnrollmentRefused("the CSR's SAN URI names a different device than its CN")
@@ -483,7 +502,9 @@ class IdentityService:
         configured defaults for a device in no group with one."""
         by_device: dict[str, list[Any]] = {}
         if ids:
-            for row in s.connection().execute(_Q_POLICIES, {"ids": ids}):
+            conn = s.connection()
+            q = lookups(conn)
+            for row in conn.execute(q.policies, q.bind(ids)):
                 by_device.setdefault(row.device_id, []).append(row)
         cfg = self.settings
         default = Policy(timedelta(days=cfg.device_lifetime_days), cfg.renew_fraction, None, False)
@@ -514,17 +535,18 @@ class IdentityService:
             # Core statements built once (module level), on the session's connection:
             # no ORM objects are loaded, and no statement is built per round.
             conn = s.connection()
+            q = lookups(conn)
             st = _RoundState()
             if ids:
-                st.status = {d: status for d, status in conn.execute(_Q_STATUS, {"ids": ids})}
+                st.status = {d: status for d, status in conn.execute(q.status, q.bind(ids))}
             hashes = [it.token_hash for it in live if it.token_hash]
             if hashes:
-                st.tokens = {t.secret_hash: t for t in conn.execute(_Q_TOKENS, {"ids": hashes})}
+                st.tokens = {t.secret_hash: t for t in conn.execute(q.tokens, q.bind(hashes))}
             serials = [it.serial for it in live if it.serial]
             if serials:
                 st.presented = {
                     serial: (kind, status, did)
-                    for serial, kind, status, did in conn.execute(_Q_PRESENTED, {"ids": serials})
+                    for serial, kind, status, did in conn.execute(q.presented, q.bind(serials))
                 }
             st.policies = self._policies(s, ids)
             fps = [public_key_fingerprint(it.pub) for it in live]
@@ -533,10 +555,10 @@ class IdentityService:
             # From here to the commit no other writer can certify these keys (M1).
             claim_keys(s, fps)
             if fps:
-                for fp, dev in conn.execute(_Q_OWNERS, {"ids": fps}):
+                for fp, dev in conn.execute(q.owners, q.bind(fps)):
                     st.owners.setdefault(fp, set()).add(str(dev))
             if ids:
-                for did, serial in conn.execute(_Q_ACTIVE, {"ids": ids}):
+                for did, serial in conn.execute(q.active, q.bind(ids)):
                     st.active.setdefault(str(did), []).append(serial)
                 st.keys = key_records(s, ids)
             rows = NewRows()
@@ -552,7 +574,7 @@ class IdentityService:
                 out[it.index] = refusal
                 rows.events.append((now, _refusal_of(it, refusal).to_ocsf(), None))
             if superseded:
-                conn.execute(_U_SUPERSEDE, {"ids": superseded})
+                conn.execute(q.supersede, q.bind(superseded))
             rows.insert(s)
 
     def _decide(
@@ -1186,58 +1208,98 @@ def token_hash(secret: str) -> str:
 
 
 _IC = IssuedCertificate
-#: the look-ups of an issuance round (``ids``: an expanding IN list)
-_Q_STATUS = select(Device.id, Device.status).where(Device.id.in_(bindparam("ids", expanding=True)))
-_Q_TOKENS = select(
-    EnrollmentToken.id,
-    EnrollmentToken.device_id,
-    EnrollmentToken.secret_hash,
-    EnrollmentToken.expires_at,
-    EnrollmentToken.used_at,
-).where(EnrollmentToken.secret_hash.in_(bindparam("ids", expanding=True)))
-_Q_PRESENTED = select(_IC.serial, _IC.kind, _IC.status, _IC.device_id).where(
-    _IC.serial.in_(bindparam("ids", expanding=True))
-)
-_Q_POLICIES = (
-    select(
-        device_groups.c.device_id,
-        RotationPolicy.lifetime_days,
-        RotationPolicy.renew_fraction,
-        RotationPolicy.max_key_age_days,
-        RotationPolicy.allow_key_reuse,
-    )
-    .join(device_groups, device_groups.c.group_id == RotationPolicy.group_id)
-    .where(device_groups.c.device_id.in_(bindparam("ids", expanding=True)))
-)
-_Q_OWNERS = select(_IC.public_key_sha256, _IC.device_id).where(
-    _IC.public_key_sha256.in_(bindparam("ids", expanding=True))
-)
-_Q_ACTIVE = (
-    select(_IC.device_id, _IC.serial)
-    .where(
-        _IC.device_id.in_(bindparam("ids", expanding=True)),
-        _IC.status == "active",
-        _IC.kind == "device",
-    )
-    .order_by(_IC.issued_at, _IC.serial)
-)
-_Q_KEYS = select(
-    DeviceKey.device_id,
-    DeviceKey.public_key_sha256,
-    DeviceKey.key_type,
-    DeviceKey.key_first_certified_at,
-    DeviceKey.last_rotation_at,
-    DeviceKey.rotations,
-).where(DeviceKey.device_id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass(frozen=True)
+class _Lookups:
+    """The statements of an issuance round, built once per database kind; each takes
+    one list parameter ``ids`` (see :meth:`bind`). On SQLite the list is one JSON text
+    expanded by ``json_each``, on PostgreSQL one array (``= ANY``): an expanding ``IN``
+    costs SQLAlchemy a bind parameter per element, which for a batch of 500 was a tenth
+    of the issuance time."""
+
+    dialect: str
+    status: Any
+    tokens: Any
+    presented: Any
+    policies: Any
+    owners: Any
+    active: Any
+    keys: Any
+    supersede: Any
+
+    def bind(self, values: list[str]) -> dict[str, Any]:
+        return {"ids": orjson.dumps(values).decode() if self.dialect == "sqlite" else values}
+
+    @classmethod
+    def build(cls, dialect: str) -> _Lookups:
+        def one_of(col: Any) -> Any:
+            if dialect == "sqlite":
+                values: Any = select(literal_column("value")).select_from(
+                    func.json_each(bindparam("ids"))
+                )
+                return col.in_(values.scalar_subquery())
+            if dialect == "postgresql":
+                return col == any_(bindparam("ids", type_=ARRAY(String)))
+            return col.in_(bindparam("ids", expanding=True))
+
+        return cls(
+            dialect=dialect,
+            status=select(Device.id, Device.status).where(one_of(Device.id)),
+            tokens=select(
+                EnrollmentToken.id,
+                EnrollmentToken.device_id,
+                EnrollmentToken.secret_hash,
+                EnrollmentToken.expires_at,
+                EnrollmentToken.used_at,
+            ).where(one_of(EnrollmentToken.secret_hash)),
+            presented=select(_IC.serial, _IC.kind, _IC.status, _IC.device_id).where(
+                one_of(_IC.serial)
+            ),
+            policies=select(
+                device_groups.c.device_id,
+                RotationPolicy.lifetime_days,
+                RotationPolicy.renew_fraction,
+                RotationPolicy.max_key_age_days,
+                RotationPolicy.allow_key_reuse,
+            )
+            .join(device_groups, device_groups.c.group_id == RotationPolicy.group_id)
+            .where(one_of(device_groups.c.device_id)),
+            owners=select(_IC.public_key_sha256, _IC.device_id).where(
+                one_of(_IC.public_key_sha256)
+            ),
+            active=select(_IC.device_id, _IC.serial)
+            .where(one_of(_IC.device_id), _IC.status == "active", _IC.kind == "device")
+            .order_by(_IC.issued_at, _IC.serial),
+            keys=select(
+                DeviceKey.device_id,
+                DeviceKey.public_key_sha256,
+                DeviceKey.key_type,
+                DeviceKey.key_first_certified_at,
+                DeviceKey.last_rotation_at,
+                DeviceKey.rotations,
+            ).where(one_of(DeviceKey.device_id)),
+            supersede=update(_IC).where(one_of(_IC.serial)).values(status="superseded"),
+        )
+
+
+_LOOKUPS: dict[str, _Lookups] = {}
+
+
+def lookups(conn: Any) -> _Lookups:
+    """The round statements for ``conn``'s database (built on first use)."""
+    name = conn.dialect.name
+    found = _LOOKUPS.get(name)
+    if found is None:
+        found = _LOOKUPS[name] = _Lookups.build(name)
+    return found
+
+
 _U_TOKEN = (
     update(EnrollmentToken)
     .where(EnrollmentToken.id == bindparam("tid"), EnrollmentToken.used_at.is_(None))
     .values(used_at=bindparam("now"))
 )
-_U_SUPERSEDE = (
-    update(_IC).where(_IC.serial.in_(bindparam("ids", expanding=True))).values(status="superseded")
-)
-
 _CERT_ROWS = RowInserter(
     cast(Table, IssuedCertificate.__table__),
     (
@@ -1340,9 +1402,11 @@ class KeyRecord:
 
 def key_records(s: Session, ids: list[str]) -> dict[str, KeyRecord]:
     """The key records of devices ``ids`` (those that have one)."""
+    conn = s.connection()
+    q = lookups(conn)
     return {
         did: KeyRecord(fp, kt, first, rotated, rotations)
-        for did, fp, kt, first, rotated, rotations in s.connection().execute(_Q_KEYS, {"ids": ids})
+        for did, fp, kt, first, rotated, rotations in conn.execute(q.keys, q.bind(ids))
     }
 
 
