@@ -53,7 +53,6 @@ class IdentityComponent:
         self._reload = False
         self._ctx: Context | None = None
         self.crl_port: int | None = None
-        self._enroller: EnrollBatcher | None = None
 
     async def start(self, ctx: Context) -> None:
         s = ctx.settings
@@ -66,7 +65,6 @@ class IdentityComponent:
             ctx.registry, ca, manufacturer_cas=manufacturer_cas(s.identity)
         )
         ctx.app.state.identity = self.service
-        self._enroller = ctx.app.state.est_enroller = EnrollBatcher(self.service)
         ctx.app.state.device_authenticator = self.authenticate_device
         await run_in_threadpool(self.service.regenerate_crl)
         ctx.bus.subscribe(
@@ -178,5 +176,9 @@ class IdentityComponent:
                 await t
         if self._crl_server is not None:
             self._crl_sock.close()
-        if self._enroller is not None:
-            await run_in_threadpool(self._enroller.close)
+        # the EST group commit, made by the EST endpoint on first use
+        enroller: EnrollBatcher | None = (
+            getattr(self._ctx.app.state, "est_enroller", None) if self._ctx else None
+        )
+        if enroller is not None:
+            await run_in_threadpool(enroller.close)

@@ -263,37 +263,24 @@ def test_certificate_not_matching_the_token_key(fleet, token_env, enrolled: Path
 
 
 def test_token_config_is_validated(fleet, token_env, tmp_path: Path) -> None:
-    p = agent(
-        fleet,
-        token_env,
-        tmp_path / "a",
-        "enroll",
-        "--server",
-        fleet.base,
-        "--device-id",
-        "x",
-        "--ca-file",
-        str(fleet.paths.root_cert),
-        "--token",
-        "t",
-        "--key-backend",
-        "pkcs11",
-    )
-    assert p.returncode != 0 and "needs a token label" in p.stdout + p.stderr
-    p = agent(
-        fleet,
-        token_env,
-        tmp_path / "b",
-        "enroll",
-        "--server",
-        fleet.base,
-        "--device-id",
-        "x",
-        "--ca-file",
-        str(fleet.paths.root_cert),
-        "--token",
-        "t",
-        "--key-backend",
-        "vault",
-    )
-    assert p.returncode != 0 and "key backend must be one of" in p.stdout + p.stderr
+    for backend, reason in (
+        ("pkcs11", "needs a token label"),
+        ("vault", "key backend must be one of"),
+    ):
+        p = agent(
+            fleet,
+            token_env,
+            tmp_path / backend,
+            "enroll",
+            "--server",
+            fleet.base,
+            "--device-id",
+            "x",
+            "--ca-file",
+            str(fleet.paths.root_cert),
+            "--token",
+            "t",
+            "--key-backend",
+            backend,
+        )
+        assert p.returncode != 0 and reason in p.stdout + p.stderr
