@@ -39,6 +39,23 @@ def pg_schema_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    """A PostgreSQL URL on a new, empty schema of its own (dropped afterwards): for
+    tests that run the migrations themselves."""
+    if os.environ.get("FLEETWARDEN_TEST_PG") == "skip":
+        pytest.skip("FLEETWARDEN_TEST_PG=skip")
+    schema = f"fwempty_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
 def _wipe(reg: Registry) -> None:
     with reg.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):

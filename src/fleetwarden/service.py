@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from fleetwarden._internal.heap import freeze_startup_heap, thaw_heap
 from fleetwarden.api import create_app
 from fleetwarden.errors import ConfigError, Error
 from fleetwarden.events import Event, EventBus, Severity, create_bus, detection_finding
@@ -193,6 +194,8 @@ async def serve(
         for part in parts:
             await part.start(ctx)
             started.append(part)
+        # start-up is done: its objects leave the garbage collector's full walks
+        freeze_startup_heap()
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serve_task.done():
             await asyncio.sleep(0.02)
@@ -208,6 +211,7 @@ async def serve(
             await part.stop()
         await bus.close()
         sock.close()
+        thaw_heap()
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

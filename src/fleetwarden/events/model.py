@@ -11,8 +11,8 @@ Invariants: ``type_uid == class_uid * 100 + activity_id``; ``uid`` is unique per
 
 from __future__ import annotations
 
+import os
 import time as _time
-import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -57,6 +57,17 @@ _CATEGORY_NAMES = {
     5: "Discovery",
     6: "Application Activity",
 }
+#: the leading OCSF attributes of each class, computed once (``Event.to_ocsf``)
+_CLASS_FIELDS: dict[EventClass, dict[str, Any]] = {
+    c: {
+        "class_uid": int(c),
+        "class_name": c.class_name,
+        "category_uid": c.category_uid,
+        "category_name": _CATEGORY_NAMES[c.category_uid],
+    }
+    for c in EventClass
+}
+_PRODUCT = {"name": "fleetwarden", "vendor_name": "fleetwarden", "version": __version__}
 
 
 class Severity(IntEnum):
@@ -95,6 +106,16 @@ class AuthActivity(IntEnum):
     OTHER = 99
 
 
+def new_uid() -> str:
+    """A random (version 4) UUID in its text form: what ``str(uuid.uuid4())`` gives, in
+    half the time (every event gets one; the issuance path makes one per certificate)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """A security-relevant fact. Build one with the helpers in ``fleetwarden.events``."""
@@ -105,7 +126,7 @@ class Event:
     severity_id: Severity = Severity.INFORMATIONAL
     status_id: Status = Status.SUCCESS
     time: int = field(default_factory=lambda: int(_time.time() * 1000))
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    uid: str = field(default_factory=new_uid)
     actor: str | None = None
     device_uid: str | None = None
     src_ip: str | None = None
@@ -117,26 +138,17 @@ class Event:
         return int(self.class_uid) * 100 + int(self.activity_id)
 
     def to_ocsf(self) -> dict[str, Any]:
+        cls = self.class_uid
+        activity = int(self.activity_id)
         out: dict[str, Any] = {
-            "class_uid": int(self.class_uid),
-            "class_name": self.class_uid.class_name,
-            "category_uid": self.class_uid.category_uid,
-            "category_name": _CATEGORY_NAMES[self.class_uid.category_uid],
-            "activity_id": int(self.activity_id),
-            "type_uid": self.type_uid,
+            **_CLASS_FIELDS[cls],
+            "activity_id": activity,
+            "type_uid": int(cls) * 100 + activity,
             "time": self.time,
             "severity_id": int(self.severity_id),
             "status_id": int(self.status_id),
             "message": self.message,
-            "metadata": {
-                "uid": self.uid,
-                "version": OCSF_VERSION,
-                "product": {
-                    "name": "fleetwarden",
-                    "vendor_name": "fleetwarden",
-                    "version": __version__,
-                },
-            },
+            "metadata": {"uid": self.uid, "version": OCSF_VERSION, "product": dict(_PRODUCT)},
         }
         if self.actor is not None:
             out["actor"] = {"user": {"name": self.actor}}

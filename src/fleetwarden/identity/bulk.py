@@ -68,16 +68,19 @@ class RowInserter:
             return
         sql, order, processors = self._plan(conn)
         width = len(self.columns)
-        converted: list[list[Any]] = []
+        # only the columns whose type converts values (datetimes, JSON, ...) are touched
+        convert = [(i, proc) for i, proc in enumerate(processors) if proc is not None]
         last_in: list[Any] = [object()] * width
         last_out: list[Any] = [None] * width
+        converted: list[Sequence[Any]] = []
         for row in rows:
             if len(row) != width:
                 raise ValueError(f"row has {len(row)} values, {self.table.name} needs {width}")
+            if not convert:
+                converted.append(row if type(row) is tuple else tuple(row))
+                continue
             out = list(row)
-            for i, proc in enumerate(processors):
-                if proc is None:
-                    continue
+            for i, proc in convert:
                 value = out[i]
                 if value is None:
                     continue
@@ -86,11 +89,17 @@ class RowInserter:
                 else:
                     out[i] = last_out[i] = proc(value)
                     last_in[i] = value
-            converted.append(out)
-        params: list[Any]
+            converted.append(tuple(out))  # SQLAlchemy takes rows as tuples or dicts
+        params: Sequence[Any]
         if order and isinstance(order[0], int):
             idx = [int(i) for i in order]
-            params = [tuple(r[i] for i in idx) for r in converted]
+            # the driver takes any sequence per row; reorder only where the compiled
+            # statement's parameter order differs from ``columns``
+            params = (
+                converted
+                if idx == list(range(width))
+                else [tuple(r[i] for i in idx) for r in converted]
+            )
         else:
             params = [dict(zip(self.columns, r, strict=True)) for r in converted]
         conn.exec_driver_sql(sql, params)

@@ -25,28 +25,46 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetwarden.registry.models import Base, utcnow
 
+#: the rows of the partial index ``ix_identity_certificates_revoked``; a query that
+#: should use it must carry this condition as a literal (SQLite does not use a partial
+#: index for a bound parameter)
+REVOKED_SQL = "status = 'revoked'"
+
 
 class IssuedCertificate(Base):
     __tablename__ = "identity_certificates"
-    #: a device's active certificates (see migration 0004); also serves by-device queries
-    __table_args__ = (Index("ix_identity_certificates_device_status", "device_id", "status"),)
+    __table_args__ = (
+        #: a device's active certificates (migration 0004); also serves by-device queries
+        Index("ix_identity_certificates_device_status", "device_id", "status"),
+        #: the revoked rows by expiry, for the CRL (migration 0005); written only at a
+        #: revocation, not at every enrolment
+        Index(
+            "ix_identity_certificates_revoked",
+            "not_after",
+            sqlite_where=text(REVOKED_SQL),
+            postgresql_where=text(REVOKED_SQL),
+        ),
+    )
 
     serial: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex, lower case
     kind: Mapped[str] = mapped_column(String(16))  # device | server
     device_id: Mapped[str | None] = mapped_column(String(128))
     subject: Mapped[str] = mapped_column(String(512))
-    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: not indexed: nothing looks a certificate up by it, and it cannot repeat (the DER
+    #: it hashes contains the serial, the primary key); see migration 0005
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64))
     public_key_sha256: Mapped[str] = mapped_column(String(64), index=True)
     key_type: Mapped[str] = mapped_column(String(16))
     not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: active | superseded | revoked
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     issued_via: Mapped[str] = mapped_column(String(32))
     replaces_serial: Mapped[str | None] = mapped_column(String(64))

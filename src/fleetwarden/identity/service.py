@@ -66,8 +66,10 @@ from fleetwarden.identity.ca import (
     DEVICE_URI_PREFIX,
     REASONS,
     FleetCA,
+    KeyIds,
     check_public_key,
     device_id_of,
+    key_ids,
     public_key_fingerprint,
     rollover_issuing,
     sha256_hex,
@@ -78,6 +80,7 @@ from fleetwarden.identity.errors import (
     EnrollmentRefused,
 )
 from fleetwarden.identity.models import (
+    REVOKED_SQL,
     DeviceKey,
     EnrollmentToken,
     EnrollRequest,
@@ -131,7 +134,7 @@ class OperatorAuth:
     via: str = "provision"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EnrollmentRequest:
     """One CSR to certify and how its sender authenticated."""
 
@@ -147,7 +150,7 @@ class EnrollmentRequest:
         return "simplereenroll" if self.reenroll else "simpleenroll"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Issued:
     device_id: str
     cert: x509.Certificate
@@ -162,7 +165,7 @@ class Pending:
     retry_after: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Policy:
     lifetime: timedelta
     renew_fraction: float
@@ -176,7 +179,7 @@ class Policy:
 EnrollResult = Issued | Pending | Exception
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     """One request on its way through :meth:`IdentityService.enroll_many`."""
 
@@ -186,6 +189,7 @@ class _Item:
     device_id: str = ""
     pub: Any = None
     fp: str = ""
+    key_ids: KeyIds | None = None  # of pub, computed by the round
     via: str = ""
     token_hash: str | None = None
     serial: str | None = None  # of the presented fleet certificate (re-enrolment)
@@ -549,9 +553,10 @@ class IdentityService:
                     for serial, kind, status, did in conn.execute(q.presented, q.bind(serials))
                 }
             st.policies = self._policies(s, ids)
-            fps = [public_key_fingerprint(it.pub) for it in live]
-            for it, fp in zip(live, fps, strict=True):
-                it.fp = fp
+            for it in live:
+                it.key_ids = key_ids(it.pub)
+                it.fp = it.key_ids.fingerprint
+            fps = [it.fp for it in live]
             # From here to the commit no other writer can certify these keys (M1).
             claim_keys(s, fps)
             if fps:
@@ -658,7 +663,13 @@ class IdentityService:
             pending = self._approval(s, device_id, fp)
             if pending is not None:
                 return pending
-        cert = self.ca.issue_device(device_id, it.pub, lifetime=policy.lifetime, now=now)
+        cert = self.ca.issue_device(
+            device_id,
+            it.pub,
+            lifetime=policy.lifetime,
+            now=now,
+            ski=it.key_ids.ski if it.key_ids is not None else None,
+        )
         serial = format(cert.serial_number, "x")
         if token is not None:
             # Conditional: another writer (PostgreSQL, another process) may have used it.
@@ -972,7 +983,7 @@ class IdentityService:
         with self.registry.engine.connect() as conn:
             rows = conn.execute(
                 select(IssuedCertificate.serial, when_col, IssuedCertificate.revocation_reason)
-                .where(IssuedCertificate.status == "revoked", IssuedCertificate.not_after > now)
+                .where(text(REVOKED_SQL), IssuedCertificate.not_after > now)
                 .where(self._issuer_filter(issuer) if issuer is not None else true())
             ).all()
         # Naive datetimes are UTC everywhere in the registry, and cryptography reads naive

@@ -7,7 +7,10 @@ schema is brought to the newest Alembic revision before use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,17 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from fleetwarden.errors import ConfigError, DatabaseUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: SQLite page cache per connection (KiB) and memory-map size (see ``_sqlite_pragmas``)
+SQLITE_CACHE_KIB = 64 * 1024
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+#: WAL pages after which a committing connection checkpoints by itself: a backstop, the
+#: :class:`WalCheckpointer` normally copies the WAL long before (about 160 MiB)
+SQLITE_CHECKPOINT_PAGES = 40_000
+#: seconds between the background checkpoints of :class:`WalCheckpointer`
+SQLITE_CHECKPOINT_INTERVAL = 1.0
 # Alembic logs plugin set-up and each step at INFO; nobody running the service needs it.
 logging.getLogger("alembic").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 
 def safe_url(url: str | URL) -> str:
@@ -77,6 +89,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Sized for a registry of a large fleet rather than SQLite's defaults (a 2 MiB page
+    # cache, a checkpoint every 4 MiB of WAL, run by whichever commit crosses it).
+    # Issuance writes entries into indexes on random keys (key fingerprints), each on
+    # a different page: with the default cache those pages were read from the file
+    # again for every batch, and the commits' checkpoints copied them back out; per
+    # certificate that grew from 10 to 50 µs over the first 40,000 certificates
+    # (docs/benchmarks.md). Reads go through a memory map; the cache is a ceiling per
+    # connection, not an allocation. Checkpoints run on a thread of their own
+    # (WalCheckpointer); the commit-time one is only a backstop.
+    cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+    cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
     cur.close()
 
 
@@ -112,3 +136,88 @@ def migrate(engine: Engine) -> bool:
 
     command.upgrade(_alembic_config(engine), "heads")
     return True
+
+
+class WalCheckpointer:
+    """Copies a SQLite registry's write-ahead log into the database file on a thread of
+    its own: SQLite's "application-initiated checkpoints" (https://sqlite.org/wal.html).
+
+    Left to SQLite, the commit that crosses ``wal_autocheckpoint`` pages runs the
+    checkpoint itself: an issuance batch then waited 50-120 ms for thousands of pages
+    to be copied and the file synced. Here a PASSIVE checkpoint runs every
+    ``interval`` seconds on a separate connection; it never blocks writers or readers
+    (it copies what no reader still needs, up to the log's end when it started), and
+    the ``sqlite3`` module releases the GIL while SQLite works. Under continuous writes
+    the log can only restart from its beginning when a checkpoint has caught up; the
+    committing connections' own automatic checkpoint, set far higher
+    (``SQLITE_CHECKPOINT_PAGES``), then finds almost nothing left to copy.
+
+    A failed checkpoint (the file is gone, the disk is full) is logged and retried at
+    the next interval; it loses nothing, the frames stay in the log.
+    """
+
+    def __init__(self, path: str, interval: float = SQLITE_CHECKPOINT_INTERVAL) -> None:
+        self.path = path
+        self.interval = interval
+        self.last: tuple[int, int, int] | None = None  # (busy, log frames, copied frames)
+        self.failures = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"wal-checkpoint:{Path(path).name}", daemon=True
+        )
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> WalCheckpointer | None:
+        """A started checkpointer for ``engine``'s database file (None unless SQLite on
+        a file)."""
+        if engine.dialect.name != "sqlite":
+            return None
+        db = engine.url.database
+        if not db or db == ":memory:" or db.startswith("file:"):
+            return None
+        cp = cls(db)
+        cp._thread.start()
+        return cp
+
+    def checkpoint(self) -> tuple[int, int, int] | None:
+        """One PASSIVE checkpoint now; None when it failed (logged)."""
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            try:
+                if self._conn is None:
+                    self._conn = sqlite3.connect(
+                        f"file:{self.path}?mode=rw", uri=True, check_same_thread=False
+                    )
+                row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                self.failures += 1
+                log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+                self._drop_conn()
+                return None
+            self.last = (int(row[0]), int(row[1]), int(row[2]))
+            return self.last
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.checkpoint()
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Stop the thread (after a checkpoint in progress) and close its connection."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._lock:
+            self._drop_conn()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleetwarden.errors import AuthError, ConflictError, NotFoundError
 from fleetwarden.events import Activity, Event, Status, api_activity
 from fleetwarden.registry import schemas
-from fleetwarden.registry.db import create_db_engine, migrate
+from fleetwarden.registry.db import WalCheckpointer, create_db_engine, migrate
 from fleetwarden.registry.models import ApiToken, Device, Group, OutboxEvent, device_groups
 
 TOKEN_PREFIX = "fwt"  # noqa: S105 (a prefix, not a secret)
@@ -105,6 +105,8 @@ class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: SQLite on a file: its WAL is checkpointed off the committing threads
+        self.checkpointer = WalCheckpointer.for_engine(engine)
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Registry:
@@ -114,6 +116,8 @@ class Registry:
         return cls(engine)
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.engine.dispose()
 
     @contextmanager

@@ -21,6 +21,7 @@ from fleetwarden.events import (
     detection_finding,
     device_config_change,
 )
+from fleetwarden.events.model import new_uid
 
 
 def _all_kinds() -> list[Event]:
@@ -163,3 +164,15 @@ def test_bus_publish_survives_a_subscribe_while_it_waits() -> None:
         return seen
 
     assert asyncio.run(run()) == ["1", "2", "3"]
+
+
+def test_event_uids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    uids = {new_uid() for _ in range(2000)}
+    assert len(uids) == 2000
+    for u in list(uids)[:200]:
+        parsed = uuid.UUID(u)
+        assert str(parsed) == u
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert Event(EventClass.API_ACTIVITY, 1, "m").uid != Event(EventClass.API_ACTIVITY, 1, "m").uid

@@ -22,6 +22,9 @@ from fleetwarden.identity.ca import (
     device_id_of,
     export_root,
     init_ca,
+    key_ids,
+    public_key_fingerprint,
+    time_ordered_serial,
 )
 from fleetwarden.identity.config import IdentitySettings
 from fleetwarden.identity.errors import EnrollmentRefused, KeyBackendError
@@ -263,3 +266,47 @@ def test_intermediate_never_outlives_the_root(
     with pytest.raises(RootExpiringError):
         rollover_issuing(ca)
     assert not ca.paths.state.exists()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        ec.generate_private_key(ec.SECP384R1()).public_key(),
+        ec.generate_private_key(ec.SECP521R1()).public_key(),
+        ed25519.Ed25519PrivateKey.generate().public_key(),
+        rsa.generate_private_key(65537, 2048).public_key(),
+    ],
+    ids=["p256", "p384", "p521", "ed25519", "rsa2048"],
+)
+def test_key_ids_match_the_library(key: object) -> None:
+    ids = key_ids(key)  # type: ignore[arg-type]
+    assert ids.fingerprint == public_key_fingerprint(key)
+    assert ids.ski == x509.SubjectKeyIdentifier.from_public_key(key)  # type: ignore[arg-type]
+
+
+def test_device_certificate_carries_the_given_key_id(ca: FleetCA) -> None:
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    cert = ca.issue_device("dev-9", pub, ski=key_ids(pub).ski)
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(pub)
+
+
+def test_serials_are_positive_fixed_length_random_and_in_issue_order(ca: FleetCA) -> None:
+    serials = [time_ordered_serial(1_800_000_000.0 + i / 1000) for i in range(200)]
+    assert all(s.bit_length() == 159 for s in serials)  # positive, 20 octets at most
+    assert serials == sorted(serials)  # one per millisecond: in issue order
+    hexes = [format(s, "x") for s in serials]
+    assert all(len(h) == 40 for h in hexes) and hexes == sorted(hexes)
+    # the same millisecond: still distinct, the low 110 bits are random
+    same = {time_ordered_serial(1_800_000_000.0) for _ in range(1000)}
+    assert len(same) == 1000
+    low = [s & ((1 << 110) - 1) for s in same]
+    assert max(low).bit_length() >= 105  # not a counter
+    # issued certificates use them
+    cert = ca.issue_device("dev-10", ec.generate_private_key(ec.SECP256R1()).public_key())
+    assert cert.serial_number.bit_length() == 159
+    assert (
+        abs((cert.serial_number >> 110) - (1 << 48) - int(datetime.now(UTC).timestamp() * 1000))
+        < 60_000
+    )
