@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 import fleetwarden.detect.models
 import fleetwarden.firmware.models
@@ -88,7 +88,10 @@ def test_lean_identity_indexes_keep_rows_and_downgrade(empty_engine: Engine) -> 
         True,
     )
     assert "ix_identity_certificates_status" in before
+    assert "ix_identity_certificates_issuer_key_id" in before
     with empty_engine.begin() as conn:
+        conn.execute(_DEVICE)
+        conn.execute(_KEY)
         conn.execute(
             _INSERT,
             [_row("a1", "active", 30), _row("b2", "revoked", 30), _row("c3", "revoked", -1)],
@@ -98,6 +101,7 @@ def test_lean_identity_indexes_keep_rows_and_downgrade(empty_engine: Engine) -> 
     after = _indexes(empty_engine)
     assert "uq_identity_certificates_fingerprint_sha256" not in after
     assert "ix_identity_certificates_status" not in after
+    assert "ix_identity_certificates_issuer_key_id" not in after
     assert after["ix_identity_certificates_revoked"] == (["not_after"], False)
     # the indexes the issuance look-ups need are still there
     assert after["ix_identity_certificates_public_key_sha256"] == (["public_key_sha256"], False)
@@ -111,8 +115,13 @@ def test_lean_identity_indexes_keep_rows_and_downgrade(empty_engine: Engine) -> 
             ("b2", "revoked", b"\x30\x00"),
             ("c3", "revoked", b"\x30\x00"),
         ]
-        # the CRL's query is served by the partial index (SQLite says so in its plan)
+        assert conn.execute(
+            text("SELECT device_id, rotations, current_serial FROM identity_device_keys")
+        ).all() == [("d1", 2, "a1")]
+        # the CRL's query is served by the partial index (SQLite says so in its plan),
+        # and the key records are one B-tree
         if empty_engine.dialect.name == "sqlite":
+            assert _without_rowid(conn)
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT serial FROM identity_certificates "
                 "WHERE status = 'revoked' AND not_after > ?",
@@ -124,4 +133,26 @@ def test_lean_identity_indexes_keep_rows_and_downgrade(empty_engine: Engine) -> 
     assert _indexes(empty_engine) == before
     with empty_engine.connect() as conn:
         n = conn.execute(text("SELECT count(*) FROM identity_certificates")).scalar_one()
-    assert n == 3
+        keys = conn.execute(text("SELECT device_id FROM identity_device_keys")).all()
+        if empty_engine.dialect.name == "sqlite":
+            assert not _without_rowid(conn)
+    assert n == 3 and keys == [("d1",)]
+
+
+def _without_rowid(conn: Connection) -> bool:
+    sql = conn.execute(
+        text("SELECT sql FROM sqlite_master WHERE name = 'identity_device_keys'")
+    ).scalar_one()
+    return "WITHOUT ROWID" in str(sql)
+
+
+_DEVICE = text(
+    "INSERT INTO devices (id, risk_class, key_storage, ip_fixed, allowed_cidrs, status, "
+    "attributes, created_at, updated_at) VALUES ('d1', 'medium', 'unknown', false, '[]', "
+    "'active', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)
+_KEY = text(
+    "INSERT INTO identity_device_keys (device_id, public_key_sha256, key_type, "
+    "key_first_certified_at, rotations, current_serial) VALUES ('d1', 'ff', 'ec-p256', "
+    "CURRENT_TIMESTAMP, 2, 'a1')"
+)

@@ -13,6 +13,8 @@ from fleetwarden.events.model import (
     compliance_finding,
     detection_finding,
     device_config_change,
+    device_config_change_record,
+    ocsf_record,
 )
 
 __all__ = [
@@ -31,4 +33,6 @@ __all__ = [
     "create_bus",
     "detection_finding",
     "device_config_change",
+    "device_config_change_record",
+    "ocsf_record",
 ]

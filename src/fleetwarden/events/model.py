@@ -138,27 +138,19 @@ class Event:
         return int(self.class_uid) * 100 + int(self.activity_id)
 
     def to_ocsf(self) -> dict[str, Any]:
-        cls = self.class_uid
-        activity = int(self.activity_id)
-        out: dict[str, Any] = {
-            **_CLASS_FIELDS[cls],
-            "activity_id": activity,
-            "type_uid": int(cls) * 100 + activity,
-            "time": self.time,
-            "severity_id": int(self.severity_id),
-            "status_id": int(self.status_id),
-            "message": self.message,
-            "metadata": {"uid": self.uid, "version": OCSF_VERSION, "product": dict(_PRODUCT)},
-        }
-        if self.actor is not None:
-            out["actor"] = {"user": {"name": self.actor}}
-        if self.device_uid is not None:
-            out["device"] = {"uid": self.device_uid, "type_id": 7}  # 7 = IOT
-        if self.src_ip is not None:
-            out["src_endpoint"] = {"ip": self.src_ip}
-        for key, value in self.data.items():
-            out.setdefault(key, value)
-        return out
+        return ocsf_record(
+            self.class_uid,
+            self.activity_id,
+            self.message,
+            severity_id=self.severity_id,
+            status_id=self.status_id,
+            time=self.time,
+            uid=self.uid,
+            actor=self.actor,
+            device_uid=self.device_uid,
+            src_ip=self.src_ip,
+            data=self.data,
+        )
 
     @classmethod
     def from_ocsf(cls, obj: Any) -> Event:
@@ -259,6 +251,64 @@ def authentication(
         device_uid=device_uid,
         src_ip=src_ip,
         data=data,
+    )
+
+
+def ocsf_record(
+    class_uid: EventClass,
+    activity_id: int,
+    message: str,
+    *,
+    severity_id: Severity = Severity.INFORMATIONAL,
+    status_id: Status = Status.SUCCESS,
+    time: int | None = None,
+    uid: str | None = None,
+    actor: str | None = None,
+    device_uid: str | None = None,
+    src_ip: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The OCSF form of an event: what ``Event(...).to_ocsf()`` gives for the same fields
+    (the one place that shape is written). Producers that only store the payload call it
+    directly, without the intermediate ``Event``; issuance writes one per certificate."""
+    activity = int(activity_id)
+    out: dict[str, Any] = {
+        **_CLASS_FIELDS[class_uid],
+        "activity_id": activity,
+        "type_uid": int(class_uid) * 100 + activity,
+        "time": int(_time.time() * 1000) if time is None else time,
+        "severity_id": int(severity_id),
+        "status_id": int(status_id),
+        "message": message,
+        "metadata": {
+            "uid": new_uid() if uid is None else uid,
+            "version": OCSF_VERSION,
+            "product": dict(_PRODUCT),
+        },
+    }
+    if actor is not None:
+        out["actor"] = {"user": {"name": actor}}
+    if device_uid is not None:
+        out["device"] = {"uid": device_uid, "type_id": 7}  # 7 = IOT
+    if src_ip is not None:
+        out["src_endpoint"] = {"ip": src_ip}
+    if data:
+        for key, value in data.items():
+            out.setdefault(key, value)
+    return out
+
+
+def device_config_change_record(
+    *, device_uid: str, message: str, actor: str | None = None, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """``device_config_change(...).to_ocsf()`` without the intermediate ``Event``."""
+    return ocsf_record(
+        EventClass.DEVICE_CONFIG_STATE_CHANGE,
+        Activity.UPDATE,
+        message,
+        actor=actor,
+        device_uid=device_uid,
+        data={"unmapped": {"changes": changes}},
     )
 
 

@@ -233,9 +233,7 @@ def check_public_key(key: object, s: IdentitySettings, allowed: Sequence[str] | 
     else:
         raise EnrollmentRefused(f"key type {type(key).__name__} is not allowed")
     if kind not in allowed:
-        raise EnrollmentRefused(
-            f"key type {kind} not allowed by policy (allowed: {list(allowed)})"
-        )
+        raise EnrollmentRefused(f"key type {kind} not allowed by policy (allowed: {list(allowed)})")
     return kind
 
 

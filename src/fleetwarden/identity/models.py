@@ -72,8 +72,10 @@ class IssuedCertificate(Base):
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     der: Mapped[bytes] = mapped_column(LargeBinary)
     #: hex SubjectKeyIdentifier of the issuing CA (which CRL lists it after a rollover);
-    #: NULL for rows from before migration 0003, all issued by generation 1
-    issuer_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: NULL for rows from before migration 0003, all issued by generation 1. Not indexed
+    #: (migration 0005): the CRL query reaches the revoked rows through their own index,
+    #: and only a retired CA's last expiry reads all of an issuer's rows.
+    issuer_key_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class EnrollmentToken(Base):
@@ -104,6 +106,9 @@ class RotationPolicy(Base):
 
 class DeviceKey(Base):
     __tablename__ = "identity_device_keys"
+    #: on SQLite, one B-tree keyed by device id instead of a rowid table plus an index
+    #: on it: one tree to write per issued certificate (migration 0005)
+    __table_args__ = {"sqlite_with_rowid": False}
 
     device_id: Mapped[str] = mapped_column(
         String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True

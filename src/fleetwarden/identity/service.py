@@ -60,6 +60,7 @@ from fleetwarden.events import (
     Severity,
     authentication,
     device_config_change,
+    device_config_change_record,
 )
 from fleetwarden.identity.bulk import RowInserter
 from fleetwarden.identity.ca import (
@@ -542,7 +543,11 @@ class IdentityService:
             q = lookups(conn)
             st = _RoundState()
             if ids:
-                st.status = {d: status for d, status in conn.execute(q.status, q.bind(ids))}
+                # each device's status and key record, in one pass
+                for did, status, *key in conn.execute(q.devices, q.bind(ids)):
+                    st.status[did] = status
+                    if key[0] is not None:
+                        st.keys[did] = KeyRecord(*key)
             hashes = [it.token_hash for it in live if it.token_hash]
             if hashes:
                 st.tokens = {t.secret_hash: t for t in conn.execute(q.tokens, q.bind(hashes))}
@@ -565,7 +570,6 @@ class IdentityService:
             if ids:
                 for did, serial in conn.execute(q.active, q.bind(ids)):
                     st.active.setdefault(str(did), []).append(serial)
-                st.keys = key_records(s, ids)
             rows = NewRows()
             superseded: list[str] = []
             for it in items:
@@ -682,7 +686,7 @@ class IdentityService:
         prev_serial = it.serial if it.serial is not None else (prev[-1] if prev else None)
         actor = it.req.auth.actor.name if isinstance(it.req.auth, OperatorAuth) else None
         self._store_rows(
-            rows, cert, device_id, fp, key_type, via, now, prev_serial, "device", actor, key
+            rows, cert, device_id, fp, key_type, via, now, prev_serial, "device", actor, key, serial
         )
         st.owners.setdefault(fp, set()).add(device_id)
         if approval:
@@ -756,13 +760,14 @@ class IdentityService:
         kind: str,
         actor: str | None,
         key: KeyRecord | None,
+        serial: str | None = None,
     ) -> None:
         """Collect the new rows for one issued certificate in ``rows`` (one multi-row
         INSERT per table later, see :class:`NewRows`); the device's existing key record
         is updated through the ORM and flushed with the same transaction."""
         der = cert.public_bytes(serialization.Encoding.DER)
         cert_fp = sha256_hex(der)
-        serial = format(cert.serial_number, "x")
+        serial = serial or format(cert.serial_number, "x")
         not_after = cert.not_valid_after_utc
         rows.certs.append(
             (
@@ -801,7 +806,7 @@ class IdentityService:
                     device_id,
                 )
             )
-        event = device_config_change(
+        event = device_config_change_record(
             device_uid=device_id,
             actor=actor or f"device:{device_id}",
             message=f"certificate {serial} issued to {device_id} via {via}",
@@ -817,7 +822,7 @@ class IdentityService:
                 },
             },
         )
-        rows.events.append((now, event.to_ocsf(), None))
+        rows.events.append((now, event, None))
 
     def provision(
         self, csrs: list[bytes], actor: Actor, *, via: str = "provision"
@@ -833,7 +838,7 @@ class IdentityService:
         requests = [EnrollmentRequest(der, auth, src_ip=actor.src_ip) for der in csrs]
         out: list[Issued | EnrollmentRefused] = []
         for r in self.enroll_many(requests, isolate=False, once_per_device=True):
-            if not isinstance(r, Issued | EnrollmentRefused):  # pragma: no cover
+            if not isinstance(r, (Issued, EnrollmentRefused)):  # pragma: no cover
                 raise AssertionError(f"provisioning cannot give {r!r}")
             out.append(r)
         return out
@@ -1230,7 +1235,7 @@ class _Lookups:
     of the issuance time."""
 
     dialect: str
-    status: Any
+    devices: Any
     tokens: Any
     presented: Any
     policies: Any
@@ -1256,7 +1261,17 @@ class _Lookups:
 
         return cls(
             dialect=dialect,
-            status=select(Device.id, Device.status).where(one_of(Device.id)),
+            devices=select(
+                Device.id,
+                Device.status,
+                DeviceKey.public_key_sha256,
+                DeviceKey.key_type,
+                DeviceKey.key_first_certified_at,
+                DeviceKey.last_rotation_at,
+                DeviceKey.rotations,
+            )
+            .outerjoin(DeviceKey, DeviceKey.device_id == Device.id)
+            .where(one_of(Device.id)),
             tokens=select(
                 EnrollmentToken.id,
                 EnrollmentToken.device_id,

@@ -7,7 +7,6 @@ schema is brought to the newest Alembic revision before use.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -163,7 +162,6 @@ class WalCheckpointer:
         self.failures = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"wal-checkpoint:{Path(path).name}", daemon=True
         )
@@ -182,20 +180,21 @@ class WalCheckpointer:
         return cp
 
     def checkpoint(self) -> tuple[int, int, int] | None:
-        """One PASSIVE checkpoint now; None when it failed (logged)."""
+        """One PASSIVE checkpoint now; None when it failed (logged). Each runs on a
+        connection of its own, closed at once: no handle is held between checkpoints
+        (nor carried into a forked child)."""
         with self._lock:
             if self._stop.is_set():
                 return None
             try:
-                if self._conn is None:
-                    self._conn = sqlite3.connect(
-                        f"file:{self.path}?mode=rw", uri=True, check_same_thread=False
-                    )
-                row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True)
+                try:
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                finally:
+                    conn.close()
             except sqlite3.Error as exc:
                 self.failures += 1
                 log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
-                self._drop_conn()
                 return None
             self.last = (int(row[0]), int(row[1]), int(row[2]))
             return self.last
@@ -204,19 +203,11 @@ class WalCheckpointer:
         while not self._stop.wait(self.interval):
             self.checkpoint()
 
-    def _drop_conn(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
-
     def close(self) -> None:
-        """Stop the thread (after a checkpoint in progress) and close its connection."""
+        """Stop the thread (after a checkpoint in progress)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
-        with self._lock:
-            self._drop_conn()
 
     @property
     def running(self) -> bool:

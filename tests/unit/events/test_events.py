@@ -21,7 +21,7 @@ from fleetwarden.events import (
     detection_finding,
     device_config_change,
 )
-from fleetwarden.events.model import new_uid
+from fleetwarden.events.model import device_config_change_record, new_uid
 
 
 def _all_kinds() -> list[Event]:
@@ -176,3 +176,18 @@ def test_event_uids_are_random_version_4_uuids() -> None:
         assert str(parsed) == u
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
     assert Event(EventClass.API_ACTIVITY, 1, "m").uid != Event(EventClass.API_ACTIVITY, 1, "m").uid
+
+
+def test_a_record_built_without_the_event_is_the_events_own_form() -> None:
+    changes = {"identity_event": "certificate.issued", "certificate": {"serial": "ab"}}
+    ev = device_config_change(device_uid="d1", actor="op", message="m", changes=changes)
+    rec = device_config_change_record(device_uid="d1", actor="op", message="m", changes=changes)
+    assert rec["metadata"]["uid"] != ev.uid
+    assert abs(rec["time"] - ev.time) < 5_000
+    same = ev.to_ocsf()
+    for form in (same, rec):
+        form["metadata"]["uid"] = "u"
+        form["time"] = 0
+    assert rec == same
+    back = Event.from_ocsf(json.loads(json.dumps(rec)))
+    assert back.device_uid == "d1" and back.actor == "op" and back.to_ocsf() == rec
