@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import URL
@@ -156,7 +157,9 @@ class WalCheckpointer:
     """
 
     def __init__(self, path: str, interval: float = SQLITE_CHECKPOINT_INTERVAL) -> None:
-        self.path = path
+        self.path = str(Path(path).resolve())
+        # an existing file only (mode=rw): a checkpoint must never create an empty one
+        self._uri = f"file:{quote(self.path)}?mode=rw"
         self.interval = interval
         self.last: tuple[int, int, int] | None = None  # (busy, log frames, copied frames)
         self.failures = 0
@@ -187,7 +190,7 @@ class WalCheckpointer:
             if self._stop.is_set():
                 return None
             try:
-                conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True)
+                conn = sqlite3.connect(self._uri, uri=True)
                 try:
                     row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 finally:

@@ -76,13 +76,29 @@ def test_the_thread_checkpoints_on_its_own(tmp_path: Path) -> None:
 def test_a_failed_checkpoint_is_logged_and_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cp = WalCheckpointer(str(tmp_path / "missing" / "r.db"))
+    cp = WalCheckpointer(str(tmp_path / "gone.db"))
     with caplog.at_level(logging.WARNING, logger="fleetwarden.registry.db"):
         assert cp.checkpoint() is None
         assert cp.checkpoint() is None
     assert cp.failures == 2
     assert "WAL checkpoint of" in caplog.text
+    assert not (tmp_path / "gone.db").exists()  # never creates an empty database
     cp.close()
+
+
+def test_odd_characters_in_the_path(tmp_path: Path) -> None:
+    # what a file: URI would misread: a space, '#' (fragment), '%' (escape)
+    d = tmp_path / "a dir #odd %chars"
+    d.mkdir()
+    reg = Registry.open(f"sqlite:///{d / 'r.db'}")
+    try:
+        assert reg.checkpointer is not None
+        assert reg.checkpointer.path == str(d / "r.db")
+        _fill(reg, 50)
+        last = reg.checkpointer.checkpoint()
+        assert last is not None and last[1] > 0 and last[2] == last[1]
+    finally:
+        reg.close()
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
