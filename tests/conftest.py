@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,36 +25,36 @@ PG_URL = os.environ.get(
 )
 
 
-@pytest.fixture(scope="session")
-def pg_schema_url() -> Iterator[str]:
+@contextmanager
+def _pg_schema(prefix: str) -> Iterator[str]:
+    """A PostgreSQL URL on a new schema of its own, dropped afterwards."""
     if os.environ.get("FLEETWARDEN_TEST_PG") == "skip":
         pytest.skip("FLEETWARDEN_TEST_PG=skip")
-    schema = f"fwtest_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_URL)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[str]:
+    with _pg_schema("fwtest") as url:
+        yield url
 
 
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
-    """A PostgreSQL URL on a new, empty schema of its own (dropped afterwards): for
-    tests that run the migrations themselves."""
-    if os.environ.get("FLEETWARDEN_TEST_PG") == "skip":
-        pytest.skip("FLEETWARDEN_TEST_PG=skip")
-    schema = f"fwempty_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    """A PostgreSQL URL on a new, empty schema of its own: for tests that run the
+    migrations themselves."""
+    with _pg_schema("fwempty") as url:
+        yield url
 
 
 def _wipe(reg: Registry) -> None:

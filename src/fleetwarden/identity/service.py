@@ -763,8 +763,8 @@ class IdentityService:
         serial: str | None = None,
     ) -> None:
         """Collect the new rows for one issued certificate in ``rows`` (one multi-row
-        INSERT per table later, see :class:`NewRows`); the device's existing key record
-        is updated through the ORM and flushed with the same transaction."""
+        INSERT per table later, see :class:`NewRows`); an existing key record of the
+        device becomes an entry of the round's executemany UPDATE."""
         der = cert.public_bytes(serialization.Encoding.DER)
         cert_fp = sha256_hex(der)
         serial = serial or format(cert.serial_number, "x")
