@@ -8,6 +8,7 @@ schema is brought to the newest Alembic revision before use.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -152,8 +153,9 @@ class WalCheckpointer:
     committing connections' own automatic checkpoint, set far higher
     (``SQLITE_CHECKPOINT_PAGES``), then finds almost nothing left to copy.
 
-    A failed checkpoint (the file is gone, the disk is full) is logged and retried at
-    the next interval; it loses nothing, the frames stay in the log.
+    A failed checkpoint (the disk is full, the file unreadable) is logged once per
+    streak and retried at the next interval; it loses nothing, the frames stay in the
+    log. When the database file is gone the thread ends.
     """
 
     def __init__(self, path: str, interval: float = SQLITE_CHECKPOINT_INTERVAL) -> None:
@@ -163,6 +165,7 @@ class WalCheckpointer:
         self.interval = interval
         self.last: tuple[int, int, int] | None = None  # (busy, log frames, copied frames)
         self.failures = 0
+        self._streak = 0  # failures since the last checkpoint that worked
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(
@@ -197,13 +200,21 @@ class WalCheckpointer:
                     conn.close()
             except sqlite3.Error as exc:
                 self.failures += 1
-                log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+                self._streak += 1
+                # once per streak of failures, not once a second
+                level = logging.WARNING if self._streak == 1 else logging.DEBUG
+                log.log(level, "WAL checkpoint of %s failed: %s", self.path, exc)
                 return None
+            if self._streak:
+                log.info("WAL checkpoint of %s works again", self.path)
+                self._streak = 0
             self.last = (int(row[0]), int(row[1]), int(row[2]))
             return self.last
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if not os.path.exists(self.path):
+                return  # the database is gone: nothing is left to checkpoint
             self.checkpoint()
 
     def close(self) -> None:

@@ -73,6 +73,21 @@ def test_the_thread_checkpoints_on_its_own(tmp_path: Path) -> None:
         reg.close()
 
 
+def test_the_thread_ends_when_the_database_is_gone(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    Registry.open(f"sqlite:///{db}").close()
+    cp = WalCheckpointer(str(db), interval=0.02)
+    cp._thread.start()
+    try:
+        assert cp.running
+        db.unlink()
+        cp._thread.join(timeout=5)
+        assert not cp.running
+        assert not db.exists()  # and it did not create it again
+    finally:
+        cp.close()
+
+
 def test_a_failed_checkpoint_is_logged_and_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -81,8 +96,14 @@ def test_a_failed_checkpoint_is_logged_and_retried(
         assert cp.checkpoint() is None
         assert cp.checkpoint() is None
     assert cp.failures == 2
+    # one warning for the streak, not one per attempt
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "WAL checkpoint of" in caplog.text
     assert not (tmp_path / "gone.db").exists()  # never creates an empty database
+    Registry.open(f"sqlite:///{tmp_path / 'gone.db'}").close()  # the database is back
+    with caplog.at_level(logging.INFO, logger="fleetwarden.registry.db"):
+        assert cp.checkpoint() is not None
+    assert "works again" in caplog.records[-1].getMessage()
     cp.close()
 
 
