@@ -239,14 +239,24 @@ class Pkcs11Key:
                     {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
                     local=True,
                 )
+                private_template = {
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.TOKEN: True,
+                }
+                public_template: dict[Any, Any] = {}
+                if _is_tpm2_pkcs11(module):
+                    # tpm2-pkcs11 makes every EC key a TPM object that may both sign and
+                    # decrypt (ECDH), and refuses a template that says otherwise
+                    # ("User specified and TPM specified attr mismatch", 1.9): declare
+                    # what the TPM will create. The key still never leaves the TPM.
+                    public_template = {Attribute.VERIFY: True, Attribute.ENCRYPT: True}
+                    private_template |= {Attribute.SIGN: True, Attribute.DECRYPT: True}
                 pub, priv = params.generate_keypair(
                     store=True,
                     label=label,
-                    private_template={
-                        Attribute.SENSITIVE: True,
-                        Attribute.EXTRACTABLE: False,
-                        Attribute.TOKEN: True,
-                    },
+                    public_template=public_template,
+                    private_template=private_template,
                 )
         except KeyBackendError:
             raise
@@ -438,6 +448,17 @@ def _resign(signed_der: bytes, tbs: bytes, backend: KeyBackend) -> bytes:
 
 def _software(backend: KeyBackend) -> CertificateIssuerPrivateKeyTypes | None:
     return backend.private_key if isinstance(backend, SoftwareKey) else None
+
+
+def _is_tpm2_pkcs11(module: Path) -> bool:
+    """Whether ``module`` (already loaded) is tpm2-pkcs11, the TPM 2.0 PKCS#11 module."""
+    import pkcs11
+
+    try:
+        lib_id = str(pkcs11.lib(str(module)).manufacturer_id)  # the loaded library, cached
+    except Exception:  # python-pkcs11 raises many unrelated types
+        return False
+    return lib_id.strip().startswith("tpm2-software")
 
 
 def sign_certificate(builder: x509.CertificateBuilder, backend: KeyBackend) -> x509.Certificate:

@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from identity_support import TPM2_PKCS11, tpm2_pkcs11_token
 
 pytestmark = [pytest.mark.interop]
 
@@ -74,9 +75,11 @@ def token_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def token_keys(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+def token_keys(
+    env: dict[str, str], module: str = MODULE, token: str = TOKEN
+) -> dict[str, dict[str, Any]]:
     p = subprocess.run(
-        [sys.executable, "-c", INSPECT, MODULE, TOKEN, PIN],
+        [sys.executable, "-c", INSPECT, module, token, PIN],
         env=env,
         capture_output=True,
         text=True,
@@ -103,7 +106,14 @@ def no_key_files(state: Path) -> None:
             assert b"PRIVATE KEY" not in f.read_bytes(), f
 
 
-def enrol(fleet, env: dict[str, str], state: Path, device_id: str) -> dict[str, Any]:
+def enrol(
+    fleet,
+    env: dict[str, str],
+    state: Path,
+    device_id: str,
+    module: str = MODULE,
+    token: str = TOKEN,
+) -> dict[str, Any]:
     fleet.add_device(device_id)
     p = agent(
         fleet,
@@ -121,9 +131,9 @@ def enrol(fleet, env: dict[str, str], state: Path, device_id: str) -> dict[str, 
         "--key-backend",
         "pkcs11",
         "--pkcs11-module",
-        MODULE,
+        module,
         "--pkcs11-token-label",
-        TOKEN,
+        token,
         "--json",
     )
     assert p.returncode == 0, p.stderr + p.stdout
@@ -193,6 +203,28 @@ def test_token_agent_enrols_and_renews_over_mtls_with_the_token_key(
     assert set(token_keys(token_env)) == {st4["token_key_label"]}
     assert st4["token_key_label"] not in (label1, label2)
     no_key_files(state)
+
+
+def test_tpm_agent_enrols_with_the_key_generated_in_the_tpm(fleet, tmp_path: Path) -> None:
+    """The agent's token backend with a TPM 2.0 (swtpm through tpm2-pkcs11): the key is
+    generated in the TPM and never leaves it, and the CSR is signed there. (Renewal over
+    mTLS needs a TPM resource manager in this set-up: swtpm without one has three
+    object slots, and the renewal holds the current key, the new one and tpm2-pkcs11's
+    own objects at once; see docs/identity.md, Limits.)"""
+    with tpm2_pkcs11_token(tmp_path, "fwtpm", PIN) as tpm_env:
+        env = {**tpm_env, "FLEETWARDEN_PKCS11_PIN": PIN}
+        state = tmp_path / "agent"
+        st = enrol(fleet, env, state, "tpm-agent-1", module=TPM2_PKCS11, token="fwtpm")
+        assert st["enrolled"] and st["key_backend"] == "pkcs11"
+        label = st["token_key_label"]
+        keys = token_keys(env, TPM2_PKCS11, "fwtpm")
+        assert set(keys) == {label}
+        assert keys[label]["sensitive"] is True and keys[label]["extractable"] is False
+        assert keys[label]["value_readable"] is False
+        cert = x509.load_pem_x509_certificate((state / "cert.pem").read_bytes())
+        assert spki(cert.public_key()).hex() == keys[label]["pub"]
+        assert fleet.service.certificates("tpm-agent-1")[-1]["issued_via"] == "est-token"
+        no_key_files(state)
 
 
 @pytest.fixture
