@@ -34,18 +34,14 @@ TPM2_PKCS11 = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"
 
 
 @contextlib.contextmanager
-def tpm2_pkcs11_token(
-    tmp_path: Path, label: str, pin: str, so_pin: str = "86420"
-) -> Iterator[dict[str, str]]:
-    """A software TPM 2.0 (swtpm) exposed as an initialised PKCS#11 token by
-    tpm2-pkcs11; yields the environment that selects it (TCTI and store)."""
-    if not (Path(TPM2_PKCS11).exists() and shutil.which("swtpm") and shutil.which("pkcs11-tool")):
-        pytest.fail("needs swtpm, libtpm2-pkcs11-1 and opensc (.ci/apt/identity.txt)")
-    (tmp_path / "tpm").mkdir()
-    (tmp_path / "tpm-store").mkdir()
-    port = _free_port_pair()
+def swtpm(state_dir: Path) -> Iterator[str]:
+    """A software TPM 2.0 (swtpm) on loopback; yields its TCTI string."""
+    if shutil.which("swtpm") is None:
+        pytest.fail("swtpm is not installed (apt: swtpm swtpm-tools)")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port_pair()  # the swtpm TCTI talks to the control channel on port + 1
     proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tmp_path / 'tpm'}"]
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state_dir}"]
         + ["--server", f"type=tcp,port={port},bindaddr=127.0.0.1"]
         + ["--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"]
         + ["--flags", "not-need-init,startup-clear"],
@@ -60,10 +56,26 @@ def tpm2_pkcs11_token(
                 break
             except OSError:
                 time.sleep(0.05)
+        yield f"swtpm:host=127.0.0.1,port={port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def tpm2_pkcs11_token(
+    tmp_path: Path, label: str, pin: str, so_pin: str = "86420"
+) -> Iterator[dict[str, str]]:
+    """A software TPM 2.0 exposed as an initialised PKCS#11 token by tpm2-pkcs11;
+    yields the environment that selects it (TCTI and store)."""
+    if not (Path(TPM2_PKCS11).exists() and shutil.which("pkcs11-tool")):
+        pytest.fail("needs libtpm2-pkcs11-1 and opensc (.ci/apt/identity.txt)")
+    (tmp_path / "tpm-store").mkdir()
+    with swtpm(tmp_path / "tpm") as tcti:
         env = {
             **os.environ,
             "TPM2_PKCS11_STORE": str(tmp_path / "tpm-store"),
-            "TPM2_PKCS11_TCTI": f"swtpm:host=127.0.0.1,port={port}",
+            "TPM2_PKCS11_TCTI": tcti,
         }
         for args in (
             ["--init-token", "--label", label, "--so-pin", so_pin],
@@ -79,9 +91,6 @@ def tpm2_pkcs11_token(
             )
             assert p.returncode == 0, p.stdout + p.stderr
         yield env
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _free_port_pair() -> int:

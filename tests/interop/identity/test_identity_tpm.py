@@ -5,10 +5,8 @@ openssl accepts; the key is re-derived (same public key) by a new process contex
 from __future__ import annotations
 
 import base64
-import shutil
-import socket
 import subprocess
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
+from identity_support import swtpm
 
 from fleetwarden.identity.ca import CaPaths, init_ca
 from fleetwarden.identity.config import IdentitySettings
@@ -26,59 +25,10 @@ from fleetwarden.identity.keys import TpmKey, sign_csr
 pytestmark = [pytest.mark.interop]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _free_pair() -> int:
-    for _ in range(50):
-        port = _free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 @pytest.fixture(scope="module")
-def tcti(tmp_path_factory: pytest.TempPathFactory):
-    if shutil.which("swtpm") is None:
-        pytest.fail("swtpm is not installed (apt: swtpm swtpm-tools)")
-    state = tmp_path_factory.mktemp("swtpm")
-    # the swtpm TCTI talks to the control channel on port + 1
-    port = _free_pair()
-    ctrl = port + 1
-    proc = subprocess.Popen(
-        [
-            "swtpm",
-            "socket",
-            "--tpm2",
-            "--tpmstate",
-            f"dir={state}",
-            "--server",
-            f"type=tcp,port={port},bindaddr=127.0.0.1",
-            "--ctrl",
-            f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
-            "--flags",
-            "not-need-init,startup-clear",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"swtpm:host=127.0.0.1,port={port}"
-    proc.terminate()
-    proc.wait(10)
+def tcti(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with swtpm(tmp_path_factory.mktemp("swtpm")) as t:
+        yield t
 
 
 def test_device_key_in_the_tpm_enrolls(fleet, tcti) -> None:
