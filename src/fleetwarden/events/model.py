@@ -298,32 +298,31 @@ def ocsf_record(
     return out
 
 
+def _device_config_change_fields(
+    device_uid: str, message: str, actor: str | None, changes: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "class_uid": EventClass.DEVICE_CONFIG_STATE_CHANGE,
+        "activity_id": int(Activity.UPDATE),
+        "message": message,
+        "actor": actor,
+        "device_uid": device_uid,
+        "data": {"unmapped": {"changes": changes}},
+    }
+
+
 def device_config_change_record(
     *, device_uid: str, message: str, actor: str | None = None, changes: dict[str, Any]
 ) -> dict[str, Any]:
     """``device_config_change(...).to_ocsf()`` without the intermediate ``Event``."""
-    return ocsf_record(
-        EventClass.DEVICE_CONFIG_STATE_CHANGE,
-        Activity.UPDATE,
-        message,
-        actor=actor,
-        device_uid=device_uid,
-        data={"unmapped": {"changes": changes}},
-    )
+    return ocsf_record(**_device_config_change_fields(device_uid, message, actor, changes))
 
 
 def device_config_change(
     *, device_uid: str, message: str, actor: str | None = None, changes: dict[str, Any]
 ) -> Event:
     """OCSF 5019: a device's configuration or state changed (firmware, cert, group)."""
-    return Event(
-        class_uid=EventClass.DEVICE_CONFIG_STATE_CHANGE,
-        activity_id=int(Activity.UPDATE),
-        message=message,
-        actor=actor,
-        device_uid=device_uid,
-        data={"unmapped": {"changes": changes}},
-    )
+    return Event(**_device_config_change_fields(device_uid, message, actor, changes))
 
 
 def detection_finding(

@@ -19,6 +19,7 @@ all.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,30 +36,31 @@ class RowInserter:
         missing = [c for c in self.columns if c not in table.c]
         if missing:
             raise ValueError(f"{table.name} has no column(s) {missing}")
-        self._compiled: dict[str, tuple[str, list[int] | list[str], list[Any]]] = {}
+        self._compiled: dict[str, _Plan] = {}
 
-    def _plan(self, conn: Connection) -> tuple[str, list[int] | list[str], list[Any]]:
+    def _plan(self, conn: Connection) -> _Plan:
         dialect = conn.dialect
         key = f"{dialect.name}:{dialect.driver}:{dialect.paramstyle}"
         plan = self._compiled.get(key)
         if plan is None:
             compiled = insert(self.table).compile(dialect=dialect, column_keys=self.columns)
-            processors: list[Callable[[Any], Any] | None] = []
-            for c in self.columns:
+            convert: list[tuple[int, Callable[[Any], Any]]] = []
+            for i, c in enumerate(self.columns):
                 ctype = self.table.c[c].type
                 proc: Callable[[Any], Any] | None = ctype.dialect_impl(dialect).bind_processor(
                     dialect
                 )
                 if isinstance(ctype, JSON) and proc is not None and isinstance(proc({}), str):
                     proc = _fast_json(proc)
-                processors.append(proc)
-            index = {c: i for i, c in enumerate(self.columns)}
+                if proc is not None:
+                    convert.append((i, proc))
+            reorder: list[int] | None = None
             if compiled.positional:
-                names = list(compiled.positiontup or [])
-                order: list[int] | list[str] = [index[n] for n in names]
-            else:
-                order = list(self.columns)
-            plan = (compiled.string, order, processors)
+                index = {c: i for i, c in enumerate(self.columns)}
+                positions = [index[n] for n in compiled.positiontup or []]
+                if positions != list(range(len(self.columns))):
+                    reorder = positions
+            plan = _Plan(compiled.string, not compiled.positional, reorder, convert)
             self._compiled[key] = plan
         return plan
 
@@ -66,13 +68,12 @@ class RowInserter:
         """Insert ``rows`` (each a sequence of values in ``columns`` order)."""
         if not rows:
             return
-        sql, order, processors = self._plan(conn)
+        plan = self._plan(conn)
         width = len(self.columns)
-        # only the columns whose type converts values (datetimes, JSON, ...) are touched
-        convert = [(i, proc) for i, proc in enumerate(processors) if proc is not None]
+        convert = plan.convert
         last_in: list[Any] = [object()] * width
         last_out: list[Any] = [None] * width
-        converted: list[Sequence[Any]] = []
+        converted: list[tuple[Any, ...]] = []
         for row in rows:
             if len(row) != width:
                 raise ValueError(f"row has {len(row)} values, {self.table.name} needs {width}")
@@ -90,19 +91,24 @@ class RowInserter:
                     out[i] = last_out[i] = proc(value)
                     last_in[i] = value
             converted.append(tuple(out))  # SQLAlchemy takes rows as tuples or dicts
-        params: Sequence[Any]
-        if order and isinstance(order[0], int):
-            idx = [int(i) for i in order]
-            # the driver takes any sequence per row; reorder only where the compiled
-            # statement's parameter order differs from ``columns``
-            params = (
-                converted
-                if idx == list(range(width))
-                else [tuple(r[i] for i in idx) for r in converted]
-            )
-        else:
+        params: Sequence[Any] = converted
+        if plan.named:
             params = [dict(zip(self.columns, r, strict=True)) for r in converted]
-        conn.exec_driver_sql(sql, params)
+        elif plan.reorder is not None:
+            params = [tuple(r[i] for i in plan.reorder) for r in converted]
+        conn.exec_driver_sql(plan.sql, params)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """An INSERT compiled for one dialect and how rows are turned into its parameters."""
+
+    sql: str
+    named: bool  # parameters by name (a dict per row), else by position
+    #: positions of ``columns`` in the statement's parameter order; None when the same
+    reorder: list[int] | None
+    #: (column index, the column type's bind processor) for columns that convert values
+    convert: list[tuple[int, Callable[[Any], Any]]]
 
 
 def _fast_json(native: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -189,13 +189,21 @@ class _Item:
     claimed: str | None  # the device id the refusal event names
     device_id: str = ""
     pub: Any = None
-    fp: str = ""
     key_ids: KeyIds | None = None  # of pub, computed by the round
     via: str = ""
     token_hash: str | None = None
     serial: str | None = None  # of the presented fleet certificate (re-enrolment)
     auth_error: Exception | None = None  # a credential check that needed no look-up
     refusal: Exception | None = None  # the CSR itself was refused
+
+    @property
+    def ids(self) -> KeyIds:
+        assert self.key_ids is not None, "the round computes key ids before deciding"
+        return self.key_ids
+
+    @property
+    def fp(self) -> str:
+        return self.ids.fingerprint
 
 
 @dataclass
@@ -560,7 +568,6 @@ class IdentityService:
             st.policies = self._policies(s, ids)
             for it in live:
                 it.key_ids = key_ids(it.pub)
-                it.fp = it.key_ids.fingerprint
             fps = [it.fp for it in live]
             # From here to the commit no other writer can certify these keys (M1).
             claim_keys(s, fps)
@@ -672,7 +679,7 @@ class IdentityService:
             it.pub,
             lifetime=policy.lifetime,
             now=now,
-            ski=it.key_ids.ski if it.key_ids is not None else None,
+            ski=it.ids.ski,
         )
         serial = format(cert.serial_number, "x")
         if token is not None:
