@@ -217,9 +217,26 @@ def time_ordered_serial(now: float | None = None) -> int:
     return (1 << (_SERIAL_BITS - 1)) | (ms << _SERIAL_RANDOM_BITS) | rand
 
 
-def check_public_key(key: object, s: IdentitySettings, allowed: Sequence[str] | None = None) -> str:
-    """Refuse weak or disallowed keys; return the key type name."""
+def check_public_key(
+    key: object,
+    s: IdentitySettings,
+    allowed: Sequence[str] | None = None,
+    *,
+    kind: str | None = None,
+) -> str:
+    """Refuse weak or disallowed keys; return the key type name. ``kind``: the type
+    name when the caller read it from the key's canonical encoding (an EC or EdDSA
+    key, see ``identity.csr``), so only the policy is left to check."""
     allowed = allowed or s.allowed_key_types
+    if kind is None:
+        kind = _key_kind(key, s)
+    if kind not in allowed:
+        raise EnrollmentRefused(f"key type {kind} not allowed by policy (allowed: {list(allowed)})")
+    return kind
+
+
+def _key_kind(key: object, s: IdentitySettings) -> str:
+    """The type name of an acceptable key; weak and unknown keys refused."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < max(2048, s.min_rsa_bits):
             raise EnrollmentRefused(
@@ -227,14 +244,10 @@ def check_public_key(key: object, s: IdentitySettings, allowed: Sequence[str] | 
             )
         if key.public_numbers().e < 65537:
             raise EnrollmentRefused("RSA public exponent below 65537 refused")
-        kind = "rsa"
-    elif isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-        kind = algorithm_of(key)
-    else:
-        raise EnrollmentRefused(f"key type {type(key).__name__} is not allowed")
-    if kind not in allowed:
-        raise EnrollmentRefused(f"key type {kind} not allowed by policy (allowed: {list(allowed)})")
-    return kind
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        return algorithm_of(key)
+    raise EnrollmentRefused(f"key type {type(key).__name__} is not allowed")
 
 
 def device_id_of(cert: x509.Certificate) -> str | None:

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -33,8 +34,6 @@ import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
-from cryptography.x509.oid import NameOID
 from sqlalchemy import (
     String,
     Table,
@@ -64,17 +63,16 @@ from fleetwarden.events import (
 )
 from fleetwarden.identity.bulk import RowInserter
 from fleetwarden.identity.ca import (
-    DEVICE_URI_PREFIX,
     REASONS,
     FleetCA,
     KeyIds,
     check_public_key,
     device_id_of,
-    key_ids,
     public_key_fingerprint,
     rollover_issuing,
     sha256_hex,
 )
+from fleetwarden.identity.csr import read_csr
 from fleetwarden.identity.errors import (
     EnrollmentAuthError,
     EnrollmentForbidden,
@@ -189,7 +187,8 @@ class _Item:
     claimed: str | None  # the device id the refusal event names
     device_id: str = ""
     pub: Any = None
-    key_ids: KeyIds | None = None  # of pub, computed by the round
+    key_ids: KeyIds | None = None  # of pub
+    key_type: str | None = None  # of pub, when read from its encoding
     via: str = ""
     token_hash: str | None = None
     serial: str | None = None  # of the presented fleet certificate (re-enrolment)
@@ -198,7 +197,7 @@ class _Item:
 
     @property
     def ids(self) -> KeyIds:
-        assert self.key_ids is not None, "the round computes key ids before deciding"
+        assert self.key_ids is not None, "a refused CSR has no key ids"
         return self.key_ids
 
     @property
@@ -237,42 +236,6 @@ def _refusal_of(it: _Item, exc: Exception) -> Event:
     req = it.req
     protocol = "provision" if isinstance(req.auth, OperatorAuth) else "EST"
     return _refusal_event(exc, it.claimed, req.src_ip, req.operation, protocol)
-
-
-def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
-    try:
-        csr = x509.load_der_x509_csr(der)
-    except ValueError as exc:
-        raise EnrollmentRefused("the body is not a DER PKCS#10 certificate request") from exc
-    try:
-        ok = csr.is_signature_valid
-    except (ValueError, InvalidSignature, TypeError) as exc:
-        raise EnrollmentRefused(f"the CSR signature cannot be checked: {exc}") from exc
-    if not ok:
-        raise EnrollmentRefused("the CSR signature is invalid (proof of possession failed)")
-    return csr
-
-
-_SAN_OID = x509.SubjectAlternativeName.oid
-
-
-def csr_device_id(csr: x509.CertificateSigningRequest) -> str:
-    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(cns) != 1:
-        raise EnrollmentRefused("the CSR subject must carry exactly one CN (the device id)")
-    cn = str(cns[0].value)
-    try:
-        # a loop, not get_extension_for_class: most CSRs have no SAN, and the
-        # ExtensionNotFound raised for them cost a tenth of the per-CSR overhead
-        san = next((e.value for e in csr.extensions if e.oid == _SAN_OID), None)
-    except ValueError as exc:
-        raise EnrollmentRefused(f"the CSR extensions are malformed: {exc}") from exc
-    if not isinstance(san, x509.SubjectAlternativeName):
-        return cn
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(DEVICE_URI_PREFIX) and uri[len(DEVICE_URI_PREFIX) :] != cn:
-            raise EnrollmentRefused("the CSR's SAN URI names a different device than its CN")
-    return cn
 
 
 class IdentityService:
@@ -430,13 +393,12 @@ class IdentityService:
         auth = req.auth
         item = _Item(index, req, auth.device_id if isinstance(auth, TokenAuth) else None)
         try:
-            csr = parse_csr(req.csr_der)
-            item.device_id = csr_device_id(csr)
-            item.claimed = item.device_id
-            item.pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
+            facts = read_csr(req.csr_der)
         except EnrollmentRefused as exc:
             item.refusal = exc
             return item
+        item.device_id = item.claimed = facts.device_id
+        item.pub, item.key_ids, item.key_type = facts.public_key, facts.key_ids, facts.key_type
         try:
             self._credentials(item, now, issuers)
         except (EnrollmentAuthError, EnrollmentRefused) as exc:
@@ -566,8 +528,6 @@ class IdentityService:
                     for serial, kind, status, did in conn.execute(q.presented, q.bind(serials))
                 }
             st.policies = self._policies(s, ids)
-            for it in live:
-                it.key_ids = key_ids(it.pub)
             fps = [it.fp for it in live]
             # From here to the commit no other writer can certify these keys (M1).
             claim_keys(s, fps)
@@ -640,11 +600,12 @@ class IdentityService:
             if operator:
                 raise EnrollmentForbidden(f"device {device_id!r} is not registered and active")
             raise EnrollmentForbidden(f"device {device_id!r} is {status}, not active")
-        key_type = check_public_key(it.pub, self.settings)
-        fp = it.fp
+        key_type = check_public_key(it.pub, self.settings, kind=it.key_type)
+        ids = it.ids
+        fp = ids.fingerprint
         policy = st.policies[device_id]
-        owners = st.owners.get(fp, set())
-        if owners - {device_id}:
+        owners = st.owners.get(fp)
+        if owners and any(o != device_id for o in owners):
             raise EnrollmentForbidden(
                 "this public key is already certified for another device (shared keys refused)"
             )
@@ -679,7 +640,7 @@ class IdentityService:
             it.pub,
             lifetime=policy.lifetime,
             now=now,
-            ski=it.ids.ski,
+            ski=ids.ski,
         )
         serial = format(cert.serial_number, "x")
         if token is not None:
@@ -823,7 +784,7 @@ class IdentityService:
                     "serial": serial,
                     "fingerprint_sha256": cert_fp,
                     "public_key_sha256": fp,
-                    "not_after": not_after.isoformat(),
+                    "not_after": _isoformat(not_after),
                     "via": via,
                     "replaces": prev_serial,
                 },
@@ -1407,6 +1368,12 @@ class NewRows:
                 [dict(zip(_KEY_UPDATE_PARAMS, u, strict=True)) for u in self.key_updates],
             )
         _EVENT_ROWS.execute(conn, self.events)
+
+
+@functools.lru_cache(maxsize=64)
+def _isoformat(ts: datetime) -> str:
+    """``ts.isoformat()``, remembered: a round's certificates share their notAfter."""
+    return ts.isoformat()
 
 
 #: device ids whose RFC 4514 form is ``CN=<id>`` unchanged (nothing to escape)

@@ -22,9 +22,19 @@ from fleetwarden.identity import service as service_module
 from fleetwarden.identity.bulk import RowInserter
 from fleetwarden.identity.ca import init_ca, public_key_fingerprint
 from fleetwarden.identity.config import IdentitySettings
-from fleetwarden.identity.errors import EnrollmentAuthError, EnrollmentForbidden
+from fleetwarden.identity.errors import (
+    EnrollmentAuthError,
+    EnrollmentForbidden,
+    EnrollmentRefused,
+)
 from fleetwarden.identity.models import DeviceKey, EnrollmentToken, IssuedCertificate
-from fleetwarden.identity.service import IdentityService, Issued, TokenAuth, subject_string
+from fleetwarden.identity.service import (
+    EnrollmentRequest,
+    IdentityService,
+    Issued,
+    TokenAuth,
+    subject_string,
+)
 from fleetwarden.registry import Actor, Registry
 from fleetwarden.registry.models import OutboxEvent
 from fleetwarden.registry.schemas import DeviceCreate
@@ -241,3 +251,31 @@ def test_row_inserter_refuses_bad_rows(registry: Registry) -> None:
     ins = RowInserter(OutboxEvent.__table__, ["created_at", "payload", "relayed_at"])  # type: ignore[arg-type]
     with registry.engine.begin() as conn, pytest.raises(ValueError, match="needs 3"):
         ins.execute(conn, [(None, {})])
+
+
+def test_a_device_id_too_long_for_a_cn_is_refused_with_its_reason(
+    svc: IdentityService, registry: Registry
+) -> None:
+    """The registry takes ids of up to 128 characters, a certificate's CN only 64: the
+    CSR is refused with the reason and a security event, nothing issued (it used to
+    fail while building the certificate, a 500 on EST)."""
+    long_id = "l" * 80
+    registry.add_device(DeviceCreate(id=long_id), ACTOR)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, long_id, _validate=False)])
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    token = svc.create_token(long_id, ACTOR)
+    before = counts(registry)
+    (provisioned,) = svc.provision([der], ACTOR)
+    (enrolled,) = svc.enroll_many([EnrollmentRequest(der, TokenAuth(long_id, token))])
+    for out in (provisioned, enrolled):
+        assert isinstance(out, EnrollmentRefused), out
+        assert "RFC 5280 ub-common-name" in str(out)
+    certs, keys, events = counts(registry)
+    assert (certs, keys, events) == (before[0], before[1], before[2] + 2)
+    assert svc.certificates(long_id) == []

@@ -178,10 +178,11 @@ def test_event_uids_are_random_version_4_uuids() -> None:
     assert Event(EventClass.API_ACTIVITY, 1, "m").uid != Event(EventClass.API_ACTIVITY, 1, "m").uid
 
 
-def test_a_record_built_without_the_event_is_the_events_own_form() -> None:
+@pytest.mark.parametrize("actor", ["op", None])
+def test_a_record_built_without_the_event_is_the_events_own_form(actor: str | None) -> None:
     changes = {"identity_event": "certificate.issued", "certificate": {"serial": "ab"}}
-    ev = device_config_change(device_uid="d1", actor="op", message="m", changes=changes)
-    rec = device_config_change_record(device_uid="d1", actor="op", message="m", changes=changes)
+    ev = device_config_change(device_uid="d1", actor=actor, message="m", changes=changes)
+    rec = device_config_change_record(device_uid="d1", actor=actor, message="m", changes=changes)
     assert rec["metadata"]["uid"] != ev.uid
     assert abs(rec["time"] - ev.time) < 5_000
     same = ev.to_ocsf()
@@ -190,4 +191,8 @@ def test_a_record_built_without_the_event_is_the_events_own_form() -> None:
         form["time"] = 0
     assert rec == same
     back = Event.from_ocsf(json.loads(json.dumps(rec)))
-    assert back.device_uid == "d1" and back.actor == "op" and back.to_ocsf() == rec
+    assert back.device_uid == "d1" and back.actor == actor and back.to_ocsf() == rec
+    # each record is its own: no nested part is shared with the next one
+    other = device_config_change_record(device_uid="d2", message="m", changes={})
+    other["metadata"]["product"]["name"] = "changed"
+    assert rec["metadata"]["product"]["name"] == "fleetwarden"
