@@ -9,7 +9,8 @@ else, it has no attributes, and its key is an uncompressed P-256 (or P-384, or E
 key. For such a CSR the id and the key identifiers are read straight from the DER
 ``cryptography`` has just parsed and verified, instead of through ``cryptography``'s
 object model: building the subject's ``Name`` objects and re-serialising the public key
-cost more than a third of everything issuance does besides signing. Anything else
+were about a third of the instructions issuance ran above a bare ``cryptography`` issue
+loop (benchmarks/bench_identity_instructions.py). Anything else
 (other name attributes or string types, requested extensions, other key encodings)
 takes the general path through ``cryptography``, which gives the same result for the
 plain case; a test checks both paths agree.
@@ -39,10 +40,10 @@ CN_MAX = 64
 
 _SAN_OID = x509.SubjectAlternativeName.oid
 
-#: DER of the SubjectPublicKeyInfo up to the key bits, and the length of what follows,
-#: for the encodings ``public_bytes(DER, SubjectPublicKeyInfo)`` produces: id-ecPublicKey
-#: with the named curve and an uncompressed point (0x04 X Y), or id-Ed25519.
-#: with the key type's name (``keys.algorithm_of``)
+#: DER of the SubjectPublicKeyInfo up to the key bits -> (length of the key bits, the
+#: key type's name as ``keys.algorithm_of`` gives it), for the encodings
+#: ``public_bytes(DER, SubjectPublicKeyInfo)`` produces: id-ecPublicKey with the named
+#: curve and an uncompressed point (0x04 X Y), or id-Ed25519.
 _SPKI_PREFIXES: dict[bytes, tuple[int, str]] = {
     # P-256: SEQ { SEQ { ecPublicKey, prime256v1 }, BIT STRING (0 unused) 04 X Y }
     bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200"): (65, "ec-p256"),
