@@ -41,10 +41,8 @@ WARM = 500
 def child(mode: str, csr_file: str) -> None:
     os.environ.pop("FLEETWARDEN_CA_PASSPHRASE", None)
     sys.path.insert(0, str(Path(__file__).parent))
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
 
-    from bench_identity import add_devices
+    from bench_identity import add_devices, bare_issue
     from fleetwarden._internal.heap import freeze_startup_heap
     from fleetwarden.identity.ca import init_ca
     from fleetwarden.identity.config import IdentitySettings
@@ -61,20 +59,12 @@ def child(mode: str, csr_file: str) -> None:
     actor = Actor("bench")
     key = ca.key.private_key  # type: ignore[attr-defined]
 
-    def bare(ders: list[bytes]) -> None:
-        for der in ders:
-            c = x509.load_der_x509_csr(der)
-            assert c.is_signature_valid
-            ca.device_builder("x", c.public_key()).sign(key, hashes.SHA256()).public_bytes(
-                serialization.Encoding.DER
-            )
-
     add_devices(reg, [f"w-d{i}" for i in range(WARM)] + [f"r-d{i}" for i in range(N)])
     svc.provision(data["warm"], actor)
-    bare(data["warm"][:50])
+    bare_issue(ca, key, data["warm"][:50])
     freeze_startup_heap()
     if mode == "bare":
-        bare(data["run"])
+        bare_issue(ca, key, data["run"])
     elif mode == "core":
         for s in range(0, N, 500):
             svc.provision(data["run"][s : s + 500], actor)

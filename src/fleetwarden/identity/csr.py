@@ -74,13 +74,11 @@ def read_csr(der: bytes) -> CsrFacts:
     pub = cast(CertificateIssuerPublicKeyTypes, csr.public_key())
     plain = _plain_parts(der)
     if plain is not None:
-        cn, spki, prefix = plain
-        size, kind = _SPKI_PREFIXES[der[spki : spki + prefix]]
-        end = spki + prefix + size
         ids = KeyIds(
-            hashlib.sha256(der[spki:end]).hexdigest(), _ski_of_bits(der[spki + prefix : end])
+            hashlib.sha256(der[plain.spki : plain.end]).hexdigest(),
+            _ski_of_bits(der[plain.bits : plain.end]),
         )
-        return CsrFacts(_checked_cn(cn), pub, ids, kind)
+        return CsrFacts(_checked_cn(plain.cn), pub, ids, plain.kind)
     return CsrFacts(csr_device_id(csr), pub, key_ids(pub), None)
 
 
@@ -133,9 +131,20 @@ def _ski_of_bits(bits: bytes) -> x509.SubjectKeyIdentifier:
     return x509.SubjectKeyIdentifier(hashlib.sha1(bits).digest())  # noqa: S324 (a key id, not a signature)
 
 
-def _plain_parts(der: bytes) -> tuple[str, int, int] | None:
-    """(CN, start of the SubjectPublicKeyInfo, length of its prefix) of a plain CSR, or
-    None for any other. Written out flat: this runs once per CSR on the issuance path.
+class _Plain(NamedTuple):
+    """Where a plain CSR's parts are: its CN, and its SubjectPublicKeyInfo from ``spki``
+    to ``end`` with the key bits from ``bits``, of key type ``kind``."""
+
+    cn: str
+    spki: int
+    bits: int
+    end: int
+    kind: str
+
+
+def _plain_parts(der: bytes) -> _Plain | None:
+    """The parts of a plain CSR, None for any other. Written out flat: this runs once
+    per CSR on the issuance path.
 
     CertificationRequest ::= SEQUENCE { certificationRequestInfo, signatureAlgorithm,
     signature }; CertificationRequestInfo ::= SEQUENCE { version INTEGER (0), subject
@@ -144,13 +153,13 @@ def _plain_parts(der: bytes) -> tuple[str, int, int] | None:
     SEQUENCEs, which may take one or two length octets."""
     if len(der) < 16 or der[0] != 0x30:
         return None
-    cri = _content(der, 1)  # the CertificationRequestInfo's header
-    if cri < 0 or cri + 2 > len(der) or der[cri] != 0x30:
+    outer = _header(der, 1)
+    if outer is None or outer[0] + 2 > len(der) or der[outer[0]] != 0x30:
         return None
-    c = _content(der, cri + 1)
-    if c < 0 or c + 16 > len(der):
+    cri = _header(der, outer[0] + 1)  # the CertificationRequestInfo
+    if cri is None or cri[0] + 16 > len(der):
         return None
-    cri_end = c + _length(der, cri + 1)
+    c, cri_end = cri[0], cri[0] + cri[1]
     # version 0, then subject ::= SEQ { SET { SEQ { OID commonName, UTF8String cn } } }
     if der[c : c + 3] != b"\x02\x01\x00" or der[c + 3] != 0x30 or der[c + 5] != 0x31:
         return None
@@ -170,35 +179,26 @@ def _plain_parts(der: bytes) -> tuple[str, int, int] | None:
     except UnicodeDecodeError:
         return None
     # key: one of the canonical encodings above; then no attributes, and the end
-    for prefix, (size, _) in _SPKI_PREFIXES.items():
+    for prefix, (size, kind) in _SPKI_PREFIXES.items():
         if der.startswith(prefix, spki):
-            end = spki + len(prefix) + size
+            bits = spki + len(prefix)
+            end = bits + size
             if der[end : end + 2] == b"\xa0\x00" and end + 2 == cri_end:
-                return cn, spki, len(prefix)
+                return _Plain(cn, spki, bits, end, kind)
             return None
     return None
 
 
-def _length(der: bytes, pos: int) -> int:
-    """The length whose octets start at ``pos`` (short form, or one or two octets)."""
-    n = der[pos]
-    if n < 0x80:
-        return n
-    if n == 0x81:
-        return der[pos + 1]
-    if n == 0x82:
-        return int.from_bytes(der[pos + 1 : pos + 3], "big")
-    return -1
-
-
-def _content(der: bytes, pos: int) -> int:
-    """Where the content starts after the length octets at ``pos`` (-1: a length form
-    not expected here)."""
+def _header(der: bytes, pos: int) -> tuple[int, int] | None:
+    """(where the content starts, its length) for the length octets at ``pos``: the
+    short form or one or two octets; None for anything else."""
     if pos >= len(der):
-        return -1
+        return None
     n = der[pos]
     if n < 0x80:
-        return pos + 1
-    if n in (0x81, 0x82):
-        return pos + 1 + (n & 0x7F)
-    return -1
+        return pos + 1, n
+    if n == 0x81 and pos + 1 < len(der):
+        return pos + 2, der[pos + 1]
+    if n == 0x82 and pos + 2 < len(der):
+        return pos + 3, int.from_bytes(der[pos + 1 : pos + 3], "big")
+    return None
